@@ -1,0 +1,84 @@
+"""Every option of every config group composes and validates; bad input fails with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tfmq_exp.config.schema import Config, register_configs
+from tfmq_exp.config.validate import to_config
+
+GROUPS = ["model", "sampler", "quant", "method", "calib", "eval", "logger", "runtime"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _options() -> list[tuple[str, str]]:
+    return [
+        (group, path.stem)
+        for group in GROUPS
+        for path in sorted((REPO / "conf" / group).glob("*.yaml"))
+    ]
+
+
+@pytest.fixture()
+def composer(conf_dir: Path):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        yield lambda overrides: compose(config_name="config", overrides=overrides)
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(("group", "option"), _options(), ids=[f"{g}={o}" for g, o in _options()])
+def test_every_option_composes_and_validates(composer, group: str, option: str) -> None:
+    config = to_config(composer([f"{group}={option}"]))
+    assert isinstance(config, Config)
+    if group in ("model", "quant", "method"):
+        assert getattr(config, group).name == option
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert list((REPO / "conf" / group).glob("*.yaml")), group
+
+
+def test_methods_are_configs_not_branches(composer) -> None:
+    tfmq = to_config(composer(["method=tfmq"])).method
+    qdiff = to_config(composer(["method=qdiffusion"])).method
+    assert (tfmq.tiar, tfmq.fsc, qdiff.tiar, qdiff.fsc) == (True, True, False, False)
+    assert tfmq.recon == qdiff.recon and tfmq.calib_steps == qdiff.calib_steps
+
+
+def test_temporal_bits_default_to_activation_bits(composer) -> None:
+    assert to_config(composer(["quant=w4a8"])).quant.effective_temporal_a_bits == 8
+    assert to_config(composer(["quant=w4a8t4"])).quant.effective_temporal_a_bits == 4
+
+
+def _cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tfmq_exp", *arguments], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["method=nosuch"], "valid choices for 'method': fp, fsc, naive"),
+        (["quant.w_bits=0"], "quant.w_bits=0 is out of range: allowed 2..8"),
+        (["quant.a_bits=2"], "quant.a_bits=2 is out of range: allowed 4..16"),
+        (["quant.w_bitz=4"], "unknown config key 'quant.w_bitz'; valid keys of 'quant': name, w_bits"),
+        (["--multirun", "method=fp,nosuch"], "valid choices for 'method'"),
+    ],
+    ids=["unknown-method", "w-bits-range", "a-bits-range", "typo-key", "multirun"],
+)
+def test_user_errors_are_one_line(arguments: list[str], expected: str) -> None:
+    result = _cli(*arguments)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tfmq-exp: error:")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

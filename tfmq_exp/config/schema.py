@@ -1,0 +1,344 @@
+"""Dataclass schemas of the Hydra config groups, registered in Hydra's ConfigStore.
+
+Each YAML file under ``conf/<group>/`` names its schema in its defaults list (``- /schema/<group>``), so
+a typo'd key or a wrong type fails at composition. Range checks live in ``__post_init__`` and run when
+:func:`tfmq_exp.config.validate.to_config` turns the composed DictConfig into these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+W_BITS_RANGE = (2, 8)
+A_BITS_RANGE = (4, 16)
+
+
+def _check_choice(key: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+
+
+def _check_range(key: str, value: Optional[int], bounds: tuple[int, int], allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    low, high = bounds
+    if value is None or not (low <= value <= high):
+        extra = " or null (off)" if allow_none else ""
+        raise ValueError(f"{key}={value} is out of range: allowed {low}..{high}{extra}")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{key}={value} must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """Which denoiser to load and which of its layers stay in full precision.
+
+    Attributes:
+        name: config name (``digits``, ``ddpm_cifar10``, ...).
+        family: adapter key: ``unet2d`` (``UNet2DModel``) or ``unet2d_condition`` (SD / SD-XL form).
+        path: a local directory or hub id with ``save_pretrained`` weights; ``null`` for the embedded weights.
+        subfolder: subfolder of ``path`` that holds the UNet (``unet`` for a pipeline repo).
+        embedded: name of the embedded weights under ``tfmq_exp/weights/`` (``null`` for real models).
+        sample_size / in_channels: image geometry the sampler draws noise for (latent size for LDMs).
+        domain: ``digits`` (embedded extractor) or ``rgb`` (torch-fidelity's Inception features).
+        fp_patterns: fnmatch patterns of module names kept in full precision (DESIGN 1.1).
+        quant_patterns: fnmatch patterns of module names eligible for quantization.
+        prediction_type: what the UNet predicts (``epsilon`` for every model here).
+        num_train_timesteps / beta_schedule: the training noise schedule the sampler must use.
+    """
+
+    name: str = MISSING
+    family: str = "unet2d"
+    path: Optional[str] = None
+    subfolder: Optional[str] = None
+    embedded: Optional[str] = None
+    sample_size: int = 8
+    in_channels: int = 1
+    domain: str = "digits"
+    fp_patterns: List[str] = field(default_factory=list)
+    quant_patterns: List[str] = field(default_factory=lambda: ["*"])
+    prediction_type: str = "epsilon"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check_choice("model.family", self.family, ("unet2d", "unet2d_condition"))
+        _check_choice("model.domain", self.domain, ("digits", "rgb"))
+        _check_positive("model.sample_size", self.sample_size)
+
+
+@dataclass
+class SamplerConfig:
+    """A diffusers scheduler and its sampling settings (DESIGN 2)."""
+
+    name: str = "ddim"
+    num_steps: int = 50
+    eta: float = 0.0
+    timestep_spacing: str = "leading"
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_choice("sampler.name", self.name, ("ddim", "ddpm"))
+        _check_range("sampler.num_steps", self.num_steps, (1, 4000))
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"sampler.eta={self.eta} is out of range: allowed 0.0..1.0")
+
+
+@dataclass
+class QuantConfig:
+    """Bit-widths and quantizer settings (DESIGN 1.1).
+
+    Attributes:
+        w_bits: weight bits, 2..8.
+        a_bits: activation bits, 4..16, or null for full-precision activations (W4A32).
+        temporal_a_bits: bits of the TIB's activations alone; null means ``a_bits``.
+        act_range: activation range estimator, ``minmax`` (EMA) or ``mse`` (grid search).
+        ema_momentum: momentum of the running min/max over calibration batches.
+        quantize_attention: also quantize q, k, softmax probabilities and v.
+    """
+
+    name: str = MISSING
+    w_bits: int = 8
+    a_bits: Optional[int] = 8
+    temporal_a_bits: Optional[int] = None
+    weight_lp: float = 2.4
+    weight_shrink_steps: int = 80
+    act_range: str = "minmax"
+    ema_momentum: float = 0.95
+    quantize_attention: bool = True
+
+    def __post_init__(self) -> None:
+        _check_range("quant.w_bits", self.w_bits, W_BITS_RANGE)
+        _check_range("quant.a_bits", self.a_bits, A_BITS_RANGE, allow_none=True)
+        _check_range("quant.temporal_a_bits", self.temporal_a_bits, A_BITS_RANGE, allow_none=True)
+        _check_choice("quant.act_range", self.act_range, ("minmax", "mse"))
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"quant.ema_momentum={self.ema_momentum} is out of range: allowed [0, 1)")
+
+    @property
+    def effective_temporal_a_bits(self) -> Optional[int]:
+        return self.temporal_a_bits if self.temporal_a_bits is not None else self.a_bits
+
+
+@dataclass
+class ReconConfig:
+    """AdaRound block reconstruction (DESIGN 1.3); published values in comments."""
+
+    enabled: bool = False
+    iters: int = 500  # published: 20 000
+    batch_size: int = 32  # published: 32
+    lr: float = 1e-3
+    reg_lambda: float = 0.01
+    warmup: float = 0.2
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check_range("method.recon.iters", self.iters, (1, 10_000_000))
+        _check_positive("method.recon.batch_size", self.batch_size)
+        _check_positive("method.recon.lr", self.lr)
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"method.recon.warmup={self.warmup} is out of range: allowed [0, 1)")
+
+
+@dataclass
+class SelectConfig:
+    """Disturbance-aware selection between TIB-based and cache-based maintenance (DESIGN 1.6)."""
+
+    metric: str = "block_output_mse"
+    per_timestep: bool = False
+    cache_budget_bytes: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check_choice("method.select.metric", self.metric, ("feature_mse", "feature_cos", "block_output_mse"))
+
+
+@dataclass
+class MethodConfig:
+    """A PTQ method as data: which stages run and with which settings (DESIGN 3, principles).
+
+    Attributes:
+        quantize: false only for the full-precision reference ``fp``.
+        weight_init: initial weight range, ``minmax`` or ``shrink`` (the Lp search of DESIGN 1.1).
+        recon: block reconstruction of the non-TIB units (Q-Diffusion / BRECQ).
+        calib_steps: which sampling steps feed reconstruction: ``all``, ``uniform`` or ``normal``.
+        tiar: reconstruct the TIB first against full-precision temporal features (DESIGN 1.4).
+        fsc: per-timestep activation parameters for temporal features (DESIGN 1.4).
+        fsc_scope: ``tib`` (temporal features only) or ``all`` (every activation quantizer).
+        maintenance: ``tib`` (quantized TIB runs), ``cache`` (DESIGN 1.5) or ``select`` (DESIGN 1.6).
+        cache_bits: bits of cached features; null means the activation bit-width.
+        cache_fallback: run the TIB for timesteps missing from the cache instead of failing.
+        split_shortcut: Q-Diffusion's separate quantizers for the two halves of ``cat(h, skip)``.
+    """
+
+    name: str = MISSING
+    quantize: bool = True
+    weight_init: str = "shrink"
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    calib_steps: str = "all"
+    tiar: bool = False
+    fsc: bool = False
+    fsc_scope: str = "tib"
+    maintenance: str = "tib"
+    cache_bits: Optional[int] = None
+    cache_fallback: bool = False
+    split_shortcut: bool = False
+    select: SelectConfig = field(default_factory=SelectConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("method.weight_init", self.weight_init, ("minmax", "shrink"))
+        _check_choice("method.calib_steps", self.calib_steps, ("all", "uniform", "normal"))
+        _check_choice("method.fsc_scope", self.fsc_scope, ("tib", "all"))
+        _check_choice("method.maintenance", self.maintenance, ("tib", "cache", "select"))
+        _check_range("method.cache_bits", self.cache_bits, (2, 16), allow_none=True)
+
+
+@dataclass
+class CalibConfig:
+    """Calibration data: one full-precision sampling pass recorded at every step (DESIGN 1.2).
+
+    Attributes:
+        num_samples: trajectories recorded (each contributes one ``x_t`` per step).
+        uniform_every: Q-Diffusion's stride over steps for ``calib_steps=uniform``.
+        normal_mean / normal_std / normal_skew: PTQ4DM's skewed normal over the step index, in [0, 1].
+        recon_samples: samples drawn from the selected steps to feed reconstruction.
+        seed: seed of the recorded trajectories (independent of the evaluation noise).
+    """
+
+    num_samples: int = 128
+    uniform_every: int = 5
+    normal_mean: float = 0.4
+    normal_std: float = 0.25
+    normal_skew: float = 2.0
+    recon_samples: int = 1024
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        _check_range("calib.num_samples", self.num_samples, (1, 10_000_000))
+        _check_range("calib.uniform_every", self.uniform_every, (1, 10_000))
+
+
+@dataclass
+class EvalConfig:
+    """Generation and metrics (torch-fidelity) settings.
+
+    Attributes:
+        num_samples: images generated for the metrics.
+        batch_size: sampling batch size (results do not depend on it: noise is drawn per sample).
+        seed_set: index of the evaluation noise set; sample ``i`` uses seed ``seed_set * 10**6 + i``.
+        kid_subset_size: subset size for KID (capped by the smaller set).
+        prc_neighborhood: k of the k-NN precision / recall.
+        grid_size: samples shown in the PNG grid.
+    """
+
+    num_samples: int = 1000
+    batch_size: int = 250
+    seed_set: int = 0
+    metrics: List[str] = field(default_factory=lambda: ["fid", "kid", "isc", "prc"])
+    kid_subset_size: int = 500
+    prc_neighborhood: int = 3
+    grid_size: int = 64
+    trajectory_samples: int = 64
+
+    def __post_init__(self) -> None:
+        _check_range("eval.num_samples", self.num_samples, (2, 10_000_000))
+        _check_range("eval.batch_size", self.batch_size, (1, 1_000_000))
+        for metric in self.metrics:
+            _check_choice("eval.metrics", metric, ("fid", "kid", "isc", "prc"))
+
+
+@dataclass
+class LoggerConfig:
+    """W&B tracking. ``mode``: ``offline`` (default, no login), ``online``, ``disabled``."""
+
+    name: str = "wandb"
+    project: str = "tfmq-exp"
+    entity: Optional[str] = None
+    mode: str = "offline"
+    group: Optional[str] = None
+    job_type: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_choice("logger.name", self.name, ("wandb", "none"))
+        _check_choice("logger.mode", self.mode, ("offline", "online", "disabled"))
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how things run.
+
+    Attributes:
+        threads: torch intra-op threads (1 is fastest on a shared 2-core machine).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        cache_dir: shared artifacts (calibration data, full-precision references); reused across runs.
+        progress: show Lightning progress bars.
+    """
+
+    threads: int = 1
+    device: str = "cpu"
+    cache_dir: str = "${oc.env:TFMQ_CACHE_DIR,${oc.env:HOME}/.cache/tfmq_exp}"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_range("runtime.threads", self.threads, (1, 1024))
+        _check_choice("runtime.device", self.device, ("cpu", "cuda", "auto"))
+
+
+@dataclass
+class TrainConfig:
+    """Training of the embedded digits DDPM and feature extractor (``task=train_digits``)."""
+
+    iters: int = 4000
+    batch_size: int = 128
+    lr: float = 2e-3
+    ema_decay: float = 0.999
+    out_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check_range("train.iters", self.iters, (1, 10_000_000))
+
+
+@dataclass
+class Config:
+    """The root config: one field per group, plus the run's seed and task."""
+
+    model: ModelConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    quant: QuantConfig = MISSING
+    method: MethodConfig = MISSING
+    calib: CalibConfig = MISSING
+    eval: EvalConfig = MISSING
+    logger: LoggerConfig = MISSING
+    runtime: RuntimeConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: str = "run"
+    seed: int = 0
+    artifact: Optional[str] = None
+    save_artifact: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.task, ("run", "train_digits", "train_extractor"))
+
+
+def register_configs() -> None:
+    """Register every schema in Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(group="schema", name="model", node=ModelConfig)
+    store.store(group="schema", name="sampler", node=SamplerConfig)
+    store.store(group="schema", name="quant", node=QuantConfig)
+    store.store(group="schema", name="method", node=MethodConfig)
+    store.store(group="schema", name="logger", node=LoggerConfig)
+    store.store(group="schema", name="calib", node=CalibConfig)
+    store.store(group="schema", name="eval", node=EvalConfig)
+    store.store(group="schema", name="runtime", node=RuntimeConfig)

@@ -1,0 +1,1 @@
+"""Data sets bundled with the embedded benchmark."""

@@ -1,0 +1,1 @@
+"""Model adapters, loading, and the embedded digits DDPM."""

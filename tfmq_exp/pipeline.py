@@ -1,0 +1,120 @@
+"""The one place that wires a run: load -> calibrate -> quantize -> maintain -> evaluate -> log.
+
+Every stage lives in its own package; this module only orders them, times them, and records what they
+produced in ``summary.json`` (and W&B) inside the Hydra run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from tfmq_exp.config.schema import Config
+from tfmq_exp.eval.protocol import Evaluation, evaluate, real_images, trajectory_cosine
+from tfmq_exp.eval.reference import fp_reference
+from tfmq_exp.models.loading import load_unet
+from tfmq_exp.store import ArtifactStore
+from tfmq_exp.timing import StageTimer
+from tfmq_exp.tracking.figures import save_sample_grid
+from tfmq_exp.tracking.summary import versions, write_summary
+from tfmq_exp.tracking.wandb_run import TrackingRun, start_run
+
+log = logging.getLogger(__name__)
+
+
+def current_run_dir() -> Path:
+    """The Hydra run directory of this job (the working directory outside Hydra)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
+
+
+def _sweep_group() -> str | None:
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        return Path(HydraConfig.get().sweep.dir).name
+    return None
+
+
+def run_pipeline(cfg: DictConfig, config: Config, run_dir: Path | None = None) -> dict[str, Any]:
+    """Run one job end to end and return its summary (also written to ``run_dir/summary.json``).
+
+    Args:
+        cfg: the composed Hydra config (saved resolved in the summary).
+        config: the same config as validated schema objects.
+        run_dir: where outputs go; defaults to the Hydra run directory.
+    """
+    run_dir = run_dir or current_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    timer = StageTimer()
+    summary: dict[str, Any] = {
+        "status": "running",
+        "model": config.model.name,
+        "method": config.method.name,
+        "quant": config.quant.name if config.method.quantize else "fp32",
+        "seed": config.seed,
+        "run_dir": str(run_dir),
+        "config": resolved,
+        "versions": versions(),
+    }
+    tracking = start_run(config, resolved, run_dir, group=_sweep_group())
+    try:
+        _run_stages(config, run_dir, timer, summary, tracking)
+        summary["status"] = "ok"
+    except BaseException as error:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        summary["timing"] = timer.as_dict()
+        write_summary(run_dir, summary)
+        tracking.summary({"timing": summary["timing"], "status": summary["status"]})
+        tracking.finish(exit_code=0 if summary["status"] == "ok" else 1)
+    return summary
+
+
+def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[str, Any], tracking: TrackingRun) -> None:
+    store = ArtifactStore(config.runtime.cache_dir)
+    with timer("load"):
+        unet_fp = load_unet(config.model)
+        real = real_images(config)
+    with timer("fp_reference"):
+        reference, hit = fp_reference(unet_fp, config, real, store)
+    summary["fp_reference_cached"] = hit
+    if config.method.quantize:
+        from tfmq_exp.ptq import quantize_for_method
+
+        unet_q, report = quantize_for_method(unet_fp, config, store, timer, run_dir, tracking)
+        summary.update(report.summary_sections())
+        with timer("sampling_and_metrics"):
+            result = evaluate(unet_q, config, real)
+        with timer("diagnostics"):
+            summary.update(report.evaluate_diagnostics(unet_q, unet_fp, reference, result))
+    else:
+        result = reference
+    summary["metrics"] = _metrics_with_reference(result, reference)
+    grid = save_sample_grid(result.images, run_dir / "samples.png", count=config.eval.grid_size)
+    tracking.log({f"metrics/{k}": v for k, v in summary["metrics"].items() if isinstance(v, (int, float))})
+    tracking.summary(summary["metrics"])
+    tracking.image("samples", grid, caption=f"{config.method.name} {summary['quant']}")
+    if result.trajectory is not None and reference.trajectory is not None:
+        cosines = trajectory_cosine(reference.trajectory, result.trajectory)
+        summary.setdefault("trajectory", {})["cos_per_step"] = cosines
+
+
+def _metrics_with_reference(result: Evaluation, reference: Evaluation) -> dict[str, Any]:
+    """The run's metrics, the FP reference's under the same protocol (``<name>_fp``), and their deltas."""
+    metrics: dict[str, Any] = dict(result.metrics)
+    for name, value in reference.metrics.items():
+        if name in ("num_samples", "seed_set") or not isinstance(value, (int, float)):
+            continue
+        metrics[f"{name}_fp"] = value
+        if name in result.metrics and name in ("fid", "kid", "isc", "precision", "recall"):
+            metrics[f"{name}_delta"] = result.metrics[name] - value
+    return metrics

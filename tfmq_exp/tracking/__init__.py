@@ -1,0 +1,1 @@
+"""Run tracking: summary.json, W&B logging conventions, plots and the sweep report."""
