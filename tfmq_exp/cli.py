@@ -22,6 +22,7 @@ from tfmq_exp.config.schema import register_configs
 from tfmq_exp.config.validate import explain, to_config
 from tfmq_exp.errors import UserError
 from tfmq_exp.paths import config_dir
+from tfmq_exp.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 EXIT_USAGE = 2
@@ -90,12 +91,26 @@ def run_task(cfg: DictConfig) -> float | None:
         summary = run_pipeline(cfg, config)
         return summary.get("metrics", {}).get("fid")
     except UserError as error:
+        if _in_multirun():
+            log.error("run failed: %s", error)  # recorded as failed in its summary.json; the sweep goes on
+            return None
         fail(str(error))
+    except Exception:
+        if not _in_multirun():
+            raise
+        log.exception("run failed; recorded as failed in its summary.json, the sweep goes on")
     return None
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
 
 
 def main() -> None:
     """Console entry point of ``tfmq-exp`` (also ``python -m tfmq_exp``)."""
+    quiet_libraries()
     error = validate_arguments(sys.argv[1:])
     if error is not None:
         fail(error)

@@ -331,7 +331,10 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register every schema in Hydra's ConfigStore (idempotent)."""
+    """Register every schema in Hydra's ConfigStore, and the project's resolvers (idempotent)."""
+    from tfmq_exp.config.resolvers import register_resolvers
+
+    register_resolvers()
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(group="schema", name="model", node=ModelConfig)

@@ -101,34 +101,3 @@ def record_trajectory(unet: torch.nn.Module, config: Config) -> torch.Tensor:
     assert samples.trajectory is not None
     final = samples.images.unsqueeze(0)
     return torch.cat([samples.trajectory, final])  # [S + 1, B, C, H, W]: x_T ... x_0
-
-
-def trajectory_cosine(fp: torch.Tensor, quantized: torch.Tensor) -> list[float]:
-    """Trajectory deviation (DESIGN 1.7): mean over samples of cos(x_t^fp, x_t^q) at every step.
-
-    Args:
-        fp / quantized: ``[S, B, C, H, W]`` trajectories from the same noise.
-    """
-    fp_flat, q_flat = fp.flatten(2), quantized.flatten(2)  # [S, B, D]
-    cos = torch.nn.functional.cosine_similarity(fp_flat, q_flat, dim=-1)  # [S, B]
-    return [float(v) for v in cos.mean(dim=1)]
-
-
-@torch.no_grad()
-def eps_rel_mse(unet_fp: torch.nn.Module, unet_q: torch.nn.Module, trajectory: torch.Tensor, timesteps: list[int]) -> float:
-    """Noise-free diagnostic: relative MSE of the quantized noise prediction along the FP trajectory.
-
-    ``sum_t ||eps_q(x_t, t) - eps_fp(x_t, t)||^2 / sum_t ||eps_fp(x_t, t)||^2`` over every step of a fixed batch.
-
-    Args:
-        trajectory: ``[S + 1, B, C, H, W]`` full-precision ``x_t`` (the last entry, ``x_0``, is not used).
-        timesteps: the S sampling timesteps, in sampling order.
-    """
-    error, energy = 0.0, 0.0
-    for x_t, t in zip(trajectory[:-1], timesteps):
-        timestep = torch.tensor(t)
-        eps_fp = unet_fp(x_t, timestep).sample
-        eps_q = unet_q(x_t, timestep).sample
-        error += float((eps_q - eps_fp).pow(2).sum())
-        energy += float(eps_fp.pow(2).sum())
-    return error / max(energy, 1e-12)

@@ -28,6 +28,6 @@ def run_train_extractor(config: Config) -> Path:
     from tfmq_exp.eval.classifier import train_and_save
 
     out_dir = Path(config.train.out_dir) if config.train.out_dir else WEIGHTS_DIR / "digits_classifier"
-    train_and_save(out_dir, seed=config.seed)
+    train_and_save(out_dir, seed=config.seed, command=f"tfmq-exp task=train_extractor seed={config.seed}")
     log.info("wrote %s", out_dir)
     return out_dir

@@ -1,0 +1,127 @@
+"""The current sampling timestep, shared by reference with every per-timestep quantizer (FSC, DESIGN 1.4).
+
+FSC gives an activation quantizer its own parameters ``(s_t, z_t)`` for each sampling timestep ``t``. The
+quantizer learns the current ``t`` from a :class:`TimestepContext`: one plain object that the UNet's
+forward pre-hook (:func:`attach_timestep_context`) writes and every per-timestep quantizer reads. Nothing is
+injected into diffusers objects and no diffusers code is edited; the hook is removable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Optional, Union
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+TimestepValue = Union[int, float]
+
+
+class TimestepContext:
+    """Holds the timestep of the UNet call in progress.
+
+    A plain object (not an ``nn.Module``) shared by reference: the pre-hook sets ``current``, the quantizers
+    read it. ``copy.deepcopy`` returns the same object, so a deep copy of a quantized model keeps reading
+    the one shared context instead of a detached copy that nothing updates.
+
+    Attributes:
+        current: the timestep (an ``int``; a ``float`` only for a non-integral timestep), or ``None``
+            outside a UNet call.
+    """
+
+    def __init__(self, current: Optional[TimestepValue] = None) -> None:
+        self.current = current
+
+    def __deepcopy__(self, memo: dict) -> "TimestepContext":
+        return self
+
+    def __repr__(self) -> str:
+        return f"TimestepContext(current={self.current!r})"
+
+    @contextlib.contextmanager
+    def at(self, timestep: TimestepValue) -> Iterator["TimestepContext"]:
+        """Set ``current`` for the duration of a ``with`` block (for code that calls TIB layers directly).
+
+        Args:
+            timestep: the timestep to expose; any tensor, int or float form accepted by :func:`timestep_value`.
+
+        Returns:
+            A context manager yielding this context; the previous value is restored on exit.
+        """
+        previous = self.current
+        self.current = timestep_value(timestep)
+        try:
+            yield self
+        finally:
+            self.current = previous
+
+
+def timestep_value(timestep: Any) -> TimestepValue:
+    """Reduce a UNet ``timestep`` argument to one Python number.
+
+    Args:
+        timestep: an int, a float, a 0-d tensor, or a 1-d tensor whose entries are all equal (a batch
+            sampled at one timestep).
+
+    Returns:
+        The timestep as ``int`` when it is integral, else as ``float``.
+
+    Raises:
+        ValueError: for an empty batch or a batch with different timesteps (per-timestep parameters
+            need one timestep per call).
+        TypeError: for any other argument type.
+    """
+    if isinstance(timestep, torch.Tensor):
+        flat = timestep.detach().reshape(-1)
+        if flat.numel() == 0:
+            raise ValueError("timestep tensor is empty")
+        if not bool((flat == flat[0]).all()):
+            values = sorted(set(flat.tolist()))
+            raise ValueError(
+                f"per-timestep quantization needs one timestep per UNet call, got a batch with timesteps {values}"
+            )
+        timestep = flat[0].item()
+    if isinstance(timestep, bool) or not isinstance(timestep, (int, float)):
+        raise TypeError(f"timestep must be an int, a float or a tensor, got {type(timestep).__name__}")
+    if isinstance(timestep, float) and timestep.is_integer():
+        return int(timestep)
+    return timestep
+
+
+class _TimestepPreHook:
+    """Forward pre-hook body: copies the UNet's ``timestep`` argument into a :class:`TimestepContext`."""
+
+    def __init__(self, context: TimestepContext) -> None:
+        self.context = context
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if "timestep" in kwargs:
+            timestep = kwargs["timestep"]
+        elif len(args) > 1:
+            timestep = args[1]
+        else:
+            raise ValueError(
+                f"{type(module).__name__} was called without a timestep (expected positional argument 1 "
+                "or keyword 'timestep')"
+            )
+        self.context.current = timestep_value(timestep)
+        return None
+
+
+def attach_timestep_context(unet: nn.Module, context: TimestepContext) -> RemovableHandle:
+    """Make every forward of ``unet`` publish its timestep to ``context``.
+
+    Registers a forward pre-hook (``with_kwargs=True``) that reads the ``timestep`` argument
+    (positional argument 1 or keyword; int, float, 0-d tensor or equal-valued batch) and sets
+    ``context.current`` before any layer runs. The value stays set after the call.
+
+    Args:
+        unet: a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` (any module whose forward takes
+            ``(sample, timestep, ...)``).
+        context: the shared context read by the per-timestep quantizers.
+
+    Returns:
+        The hook handle; ``handle.remove()`` detaches it.
+    """
+    return unet.register_forward_pre_hook(_TimestepPreHook(context), with_kwargs=True)
