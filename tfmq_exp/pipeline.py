@@ -15,9 +15,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from tfmq_exp.config.schema import Config
-from tfmq_exp.eval.protocol import Evaluation, evaluate, real_images, trajectory_cosine
+from torch import nn
+
+from tfmq_exp.eval.protocol import Evaluation, evaluate, real_images
 from tfmq_exp.eval.reference import fp_reference
+from tfmq_exp.eval.sampling import sampling_timesteps
 from tfmq_exp.models.loading import load_unet
+from tfmq_exp.ptq import eps_rel_mse, quantize_for_method
+from tfmq_exp.temporal.diagnostics import diagnose_temporal_features, trajectory_cosine
+from tfmq_exp.temporal.observe import observe_temporal_features
+from tfmq_exp.tracking.temporal_figures import per_timestep_curves, temporal_heatmap
 from tfmq_exp.store import ArtifactStore
 from tfmq_exp.timing import StageTimer
 from tfmq_exp.tracking.figures import save_sample_grid
@@ -87,25 +94,64 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
     with timer("fp_reference"):
         reference, hit = fp_reference(unet_fp, config, real, store)
     summary["fp_reference_cached"] = hit
+    result = reference
     if config.method.quantize:
-        from tfmq_exp.ptq import quantize_for_method
-
-        unet_q, report = quantize_for_method(unet_fp, config, store, timer, run_dir, tracking)
-        summary.update(report.summary_sections())
+        quantized = quantize_for_method(unet_fp, config, store, timer, run_dir)
+        summary.update(quantized.sections)
         with timer("sampling_and_metrics"):
-            result = evaluate(unet_q, config, real)
+            result = evaluate(quantized.unet, config, real)
         with timer("diagnostics"):
-            summary.update(report.evaluate_diagnostics(unet_q, unet_fp, reference, result))
-    else:
-        result = reference
+            summary.update(diagnose(quantized.unet, unet_fp, config, reference, result))
+        log_temporal(summary, run_dir, tracking)
     summary["metrics"] = _metrics_with_reference(result, reference)
+    if "eps_rel_mse" in summary.get("temporal", {}):
+        summary["metrics"]["eps_rel_mse"] = summary["temporal"]["eps_rel_mse"]
     grid = save_sample_grid(result.images, run_dir / "samples.png", count=config.eval.grid_size)
     tracking.log({f"metrics/{k}": v for k, v in summary["metrics"].items() if isinstance(v, (int, float))})
     tracking.summary(summary["metrics"])
     tracking.image("samples", grid, caption=f"{config.method.name} {summary['quant']}")
-    if result.trajectory is not None and reference.trajectory is not None:
-        cosines = trajectory_cosine(reference.trajectory, result.trajectory)
-        summary.setdefault("trajectory", {})["cos_per_step"] = cosines
+
+
+def diagnose(unet_q: nn.Module, unet_fp: nn.Module, config: Config, reference: Evaluation, result: Evaluation) -> dict[str, Any]:
+    """Temporal-feature errors and mismatch, trajectory deviation and eps error (DESIGN 1.7, issue 9)."""
+    timesteps = sampling_timesteps(config.sampler, config.model)
+    fp_features = observe_temporal_features(unet_fp, timesteps)
+    q_features = observe_temporal_features(unet_q, timesteps, feature_spec_unet=unet_fp)
+    temporal = diagnose_temporal_features(fp_features, q_features).to_summary()
+    assert reference.trajectory is not None and result.trajectory is not None
+    cosines = trajectory_cosine(list(reference.trajectory), list(result.trajectory))
+    temporal["trajectory_cos"] = cosines
+    temporal["trajectory_cos_final"] = cosines[-1]
+    temporal["trajectory_cos_min"] = min(cosines)
+    temporal["eps_rel_mse"] = eps_rel_mse(unet_fp, unet_q, reference.trajectory, timesteps)
+    return {"temporal": temporal}
+
+
+def log_temporal(summary: dict[str, Any], run_dir: Path, tracking: TrackingRun) -> None:
+    """Write and log the temporal diagnostics: scalars, a per-(layer, t) table, heatmaps and curves."""
+    temporal = summary.get("temporal")
+    if not temporal:
+        return
+    scalars = ("rel_mse_mean", "mse_mean", "cos_mean", "cos_min", "mismatch_rate", "trajectory_cos_final", "eps_rel_mse")
+    tracking.log({f"temporal/{key}": temporal[key] for key in scalars if key in temporal})
+    figures = run_dir / "figures"
+    tracking.image("temporal/rel_mse_heatmap", temporal_heatmap(temporal, figures / "temporal_rel_mse.png", "rel_mse"))
+    tracking.image("temporal/cosine_heatmap", temporal_heatmap(temporal, figures / "temporal_cosine.png", "cosine"))
+    per_t = {
+        "rel. MSE (mean over features)": [sum(column) / len(column) for column in zip(*temporal["rel_mse"])],
+    }
+    tracking.image(
+        "temporal/rel_mse_per_timestep",
+        per_timestep_curves(per_t, temporal["timesteps"], figures / "temporal_rel_mse_per_t.png", "relative MSE",
+                            f"{summary['method']} {summary['quant']}: temporal-feature error"),
+    )
+    rows = [
+        [feature, t, temporal["mse"][i][j], temporal["rel_mse"][i][j], temporal["cosine"][i][j], temporal["nearest_timestep"][i][j]]
+        for i, feature in enumerate(temporal["feature_names"])
+        for j, t in enumerate(temporal["timesteps"])
+    ]
+    tracking.table("temporal/features", ["feature", "timestep", "mse", "rel_mse", "cosine", "nearest_fp_timestep"], rows)
+    tracking.log({"trajectory/cos": temporal["trajectory_cos"][-1]})
 
 
 def _metrics_with_reference(result: Evaluation, reference: Evaluation) -> dict[str, Any]:

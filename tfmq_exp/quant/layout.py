@@ -3,11 +3,18 @@
 :func:`quantization_map` records the current layout (per layer: spec, weight rounding state, per-timestep
 timestep sets); :func:`apply_quantization_map` rebuilds that layout on a fresh float model so a saved state
 dict can be loaded into it.
+
+Besides quantized layers, other code may replace whole modules (e.g. the temporal-feature cache of
+``tfmq_exp.temporal.cache`` in place of a TIB projection). Such a class registers itself with
+:func:`register_map_module`: it describes itself with ``map_entry()`` and is rebuilt, around the float module
+found at its name, by ``from_map_entry(module, entry, context)`` before the quantized layers are rebuilt (a
+quantized layer may live inside it).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+import importlib
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, Type
 
 from diffusers.models.attention_processor import Attention
 from torch import nn
@@ -19,6 +26,37 @@ from tfmq_exp.quant.modules import QuantModule, quant_module_class_by_name
 from tfmq_exp.quant.spec import AttnQuantSpec, LayerQuantSpec, QuantizationMap
 
 PROCESSOR_SUFFIX = ".processor"
+MAP_MODULE_PACKAGE = "tfmq_exp."  # registered map modules are imported by name only from this package
+
+_MAP_MODULES: Dict[str, Type[nn.Module]] = {}
+
+
+def register_map_module(cls: Type[nn.Module]) -> Type[nn.Module]:
+    """Class decorator: record modules of ``cls`` in quantization maps and rebuild them from the map.
+
+    The class must provide ``map_entry(self) -> dict`` (JSON-serialisable layout facts, e.g. tensor sizes)
+    and a classmethod ``from_map_entry(module, entry, context) -> nn.Module`` that builds an empty instance
+    (buffers of the right shapes) around ``module``, the float module at the same name of a fresh model.
+
+    Raises:
+        ValueError: another class of the same name is registered.
+    """
+    known = _MAP_MODULES.get(cls.__name__)
+    if known is not None and known is not cls:
+        raise ValueError(f"a map module class named {cls.__name__} is already registered ({known.__module__})")
+    _MAP_MODULES[cls.__name__] = cls
+    return cls
+
+
+def map_module_class(entry: Dict[str, object]) -> Optional[Type[nn.Module]]:
+    """The registered map-module class of a map entry (importing its module if needed), else ``None``."""
+    name = str(entry.get("type"))
+    if name not in _MAP_MODULES:
+        module_path = entry.get("module")
+        if not isinstance(module_path, str) or not module_path.startswith(MAP_MODULE_PACKAGE):
+            return None
+        importlib.import_module(module_path)
+    return _MAP_MODULES.get(name)
 
 
 def iter_quant_modules(model: nn.Module) -> Iterator[Tuple[str, QuantModule]]:
@@ -70,6 +108,8 @@ def quantization_map(model: nn.Module) -> QuantizationMap:
                 "weight_rounding": module.weight_quantizer.rounding,
                 "act_timesteps": _act_timesteps(module.act_quantizers()),
             }
+        elif _MAP_MODULES.get(type(module).__name__) is type(module):
+            layers[name] = {"type": type(module).__name__, "module": type(module).__module__, **module.map_entry()}
     for name, processor in iter_attn_processors(model):
         layers[name] = {
             "type": type(processor).__name__,
@@ -93,8 +133,22 @@ def apply_quantization_map(
         ValueError: the model lacks a mapped module or has a different layer type there (all listed).
     """
     problems: List[str] = []
+    rebuilt: Set[str] = set()
+    for name, entry in quant_map.items():  # registered map modules first: quantized layers may sit inside them
+        map_class = map_module_class(entry)
+        if map_class is None:
+            continue
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            message = f"the model does not match the quantization map:\n  {name}: missing in the model"
+            raise ValueError(message) from None
+        replace_module(model, name, map_class.from_map_entry(module, entry, context))
+        rebuilt.add(name)
     plans: List[Tuple[str, Dict[str, object], nn.Module]] = []
     for name, entry in quant_map.items():
+        if name in rebuilt:
+            continue
         try:
             module = model.get_submodule(name)
         except AttributeError:

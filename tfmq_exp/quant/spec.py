@@ -109,7 +109,9 @@ class QuantizationMap:
     Each entry is a dict with ``type`` (``QuantConv2d``, ``QuantLinear``, ``QuantAttnProcessor``), the
     spec's fields (``w_bits``, ``a_bits``, ``split``, ...), and the layout-changing state:
     ``weight_rounding`` (``nearest`` / ``adaround`` / ``frozen``, layers only) and ``act_timesteps``
-    (quantizer attribute name -> calibrated timesteps, for per-timestep quantizers).
+    (quantizer attribute name -> calibrated timesteps, for per-timestep quantizers). Modules registered with
+    ``layout.register_map_module`` (e.g. a temporal-feature cache) add entries with their class name as
+    ``type``, the defining module's import path as ``module`` and the fields of their own ``map_entry()``.
     """
 
     layers: Dict[str, Dict[str, Any]] = field(default_factory=dict)

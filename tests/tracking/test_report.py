@@ -1,0 +1,35 @@
+"""A tiny real 2 x 2 multirun (two methods, two bit-widths) and the report built from its summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tfmq_exp.tracking.collect import collect_runs
+from tfmq_exp.tracking.report import build_report
+
+
+def test_multirun_report_has_a_row_per_method_and_its_plots(multirun_dir: Path) -> None:
+    finished, failed = collect_runs(multirun_dir)
+    assert len(finished) == 4 and not failed
+    report = build_report(multirun_dir)
+    text = report.read_text()
+    for quant in ("w8a8", "w4a8"):
+        section = text.split(f"## digits, {quant}")[1].split("##")[0]
+        rows = [line for line in section.splitlines() if line.startswith("| naive") or line.startswith("| tfmq")]
+        assert len(rows) == 2, section
+    for name in ("fid_vs_bits_digits.png", "temporal_error_digits_w4a8.png", "trajectory_digits_w8a8.png",
+                 "cost_vs_quality_digits.png"):
+        assert (multirun_dir / name).stat().st_size > 1000, name
+    assert "Failed runs" not in text
+
+
+def test_failed_runs_are_listed(multirun_dir: Path, tmp_path: Path) -> None:
+    broken = multirun_dir / "broken_run"
+    broken.mkdir(exist_ok=True)
+    (broken / "summary.json").write_text('{"status": "failed", "method": "tfmq", "quant": "w4a8", "seed": 0, "error": "boom"}')
+    try:
+        text = build_report(multirun_dir, out_dir=tmp_path).read_text()
+    finally:
+        (broken / "summary.json").unlink()
+        broken.rmdir()
+    assert "## Failed runs" in text and "boom" in text

@@ -1,0 +1,149 @@
+"""Activation range calibration over every calibration step, optionally with per-timestep ranges (FSC).
+
+The quantized UNet (weights quantized) runs over all ``S x N`` calibration inputs (DESIGN 1.2: activation
+calibration uses all steps) in a Lightning predict loop, the same engine that samples, while every activation
+quantizer observes (:func:`~tfmq_exp.quant.observing_activations`). Each batch holds a single timestep, so the
+UNet's timestep pre-hook can publish it to the shared :class:`~tfmq_exp.quant.TimestepContext`.
+
+FSC (DESIGN 1.4): the quantizers inside ``per_timestep_modules`` first get per-timestep parameters for the
+finite set ``data.timesteps``; each then keeps the plain min / max of the batches seen at ``t`` and ends with
+its own ``(s_t, z_t)`` for every ``t``. The other quantizers keep one per-tensor range (EMA over batches,
+whose order is shuffled with a fixed seed so the EMA does not favour the last sampling steps).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tfmq_exp.calib.capture import CalibrationData
+from tfmq_exp.calib.quant_state import quant_state
+from tfmq_exp.calib.quiet import quiet_lightning
+from tfmq_exp.config.schema import MethodConfig
+from tfmq_exp.eval.sampling import make_trainer
+from tfmq_exp.models.adapters import get_adapter
+from tfmq_exp.quant import (
+    QuantModule,
+    TimestepContext,
+    attach_timestep_context,
+    enable_per_timestep,
+    iter_act_quantizers,
+    observing_activations,
+)
+
+
+class CalibrationBatches(Dataset):
+    """The calibration inputs as ready-made single-timestep batches (use with ``DataLoader(batch_size=None)``).
+
+    Args:
+        data: the calibration data.
+        batch_size: trajectories per batch (a step's last batch may be smaller).
+        seed: seed of the batch order (``None``: sampling order).
+    """
+
+    def __init__(self, data: CalibrationData, batch_size: int, seed: Optional[int] = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.data = data
+        self.batches = [
+            (step, start, min(start + batch_size, data.num_samples))
+            for step in range(data.num_steps)
+            for start in range(0, data.num_samples, batch_size)
+        ]
+        if seed is not None:
+            order = torch.randperm(len(self.batches), generator=torch.Generator().manual_seed(seed))
+            self.batches = [self.batches[i] for i in order.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        step, start, end = self.batches[index]
+        return {
+            "sample": self.data.x[step, start:end],  # [B, C, H, W]
+            "timestep": torch.full((end - start,), self.data.timesteps[step], dtype=torch.long),  # [B], one value
+            "conditioning": {name: value[start:end] for name, value in self.data.conditioning.items()},
+        }
+
+
+class ActivationObserver(L.LightningModule):
+    """Predict loop body: one UNet forward per batch; the observing quantizers do the work.
+
+    Args:
+        unet: the quantized UNet (its quantizers' switches are set by the caller).
+    """
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> None:
+        self.unet(batch["sample"], batch["timestep"], **batch["conditioning"], return_dict=False)
+        return None
+
+
+def fsc_modules(unet_q: nn.Module, method: MethodConfig) -> Optional[list[nn.Module]]:
+    """The modules whose activation quantizers get per-timestep parameters under ``method`` (DESIGN 1.4).
+
+    Args:
+        unet_q: the quantized UNet.
+        method: ``fsc`` and ``fsc_scope`` are used.
+
+    Returns:
+        ``None`` without FSC; ``[unet_q]`` for ``fsc_scope=all``; for ``tib`` the quantized TIB layers (the
+        time-embedding MLP's Linears and every ResNet's ``time_emb_proj``, whose inputs are the temporal
+        activations).
+    """
+    if not method.fsc:
+        return None
+    if method.fsc_scope == "all":
+        return [unet_q]
+    names = get_adapter(unet_q).tib().layer_names()
+    return [unet_q.get_submodule(name) for name in names if isinstance(unet_q.get_submodule(name), QuantModule)]
+
+
+def calibrate_activations(
+    unet_q: nn.Module,
+    data: CalibrationData,
+    context: TimestepContext,
+    per_timestep_modules: Optional[Sequence[nn.Module]],
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
+    seed: int = 0,
+) -> None:
+    """Calibrate every activation quantizer of ``unet_q`` on all calibration steps (FSC where requested).
+
+    Args:
+        unet_q: the quantized UNet; its weights are quantized during the pass; its switches are restored after.
+        data: the calibration data (all ``S`` steps and ``N`` trajectories are used).
+        context: the timestep context the per-timestep quantizers read; a pre-hook publishing the UNet's
+            timestep to it is attached for the pass (and removed after).
+        per_timestep_modules: modules whose quantizers get per-timestep parameters for ``data.timesteps``
+            (see :func:`fsc_modules`); ``None`` or empty for none.
+        batch_size: trajectories per forward.
+        device: ``cpu``, ``cuda`` or ``auto`` (Lightning accelerator).
+        progress: show the predict progress bar.
+        seed: seed of the batch order.
+
+    Raises:
+        RuntimeError: a quantizer (or a timestep of a per-timestep quantizer) observed nothing.
+    """
+    if all(quantizer.is_identity for _, quantizer in iter_act_quantizers(unet_q)):
+        return  # full-precision activations (e.g. W4A32): nothing to calibrate
+    if per_timestep_modules:
+        enable_per_timestep(list(per_timestep_modules), data.timesteps, context)
+    loader = DataLoader(CalibrationBatches(data, batch_size, seed), batch_size=None, shuffle=False)
+    handle = attach_timestep_context(unet_q, context)
+    training, place = unet_q.training, next(unet_q.parameters()).device
+    unet_q.eval()
+    try:
+        with quiet_lightning(), quant_state(unet_q, weight=True, act=False), observing_activations(unet_q):
+            make_trainer(device, progress).predict(ActivationObserver(unet_q), loader, return_predictions=False)
+    finally:
+        handle.remove()
+        unet_q.to(place).train(training)  # Lightning's teardown leaves the module on the CPU

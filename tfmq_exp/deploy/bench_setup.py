@@ -1,0 +1,149 @@
+"""Models, variants and timing loops of the speed benchmark (``tfmq-bench``, :mod:`tfmq_exp.deploy.benchmark`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch._inductor.config
+from diffusers import DDIMScheduler, UNet2DModel
+
+from tfmq_exp.deploy.lower import lower_to_int8
+from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
+from tfmq_exp.deploy.temporal import TemporalFeatureCache
+from tfmq_exp.models.digits import build_digits_unet
+from tfmq_exp.paths import WEIGHTS_DIR
+
+# Layers the published setup keeps in full precision (DESIGN 1.1; conf/model/*.yaml fp_patterns).
+PUBLISHED_FP_PATTERNS = ("conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*")
+VARIANTS = ("fp32_eager", "fp32_compiled", "int8", "int8_cache")
+DEFAULT_VARIANTS = ("fp32_eager", "fp32_compiled", "int8")
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_cifar10_unet() -> UNet2DModel:
+    """The google/ddpm-cifar10-32 architecture (35.7 M parameters), random weights."""
+    return UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(128, 256, 256, 256),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=None,
+        downsample_padding=0,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        norm_eps=1e-6,
+        norm_num_groups=32,
+    )
+
+
+def build_benchmark_unet(name: str) -> Tuple[UNet2DModel, str]:
+    """``digits`` (trained weights from ``tfmq_exp/weights/digits`` if present, else random) or ``cifar10``.
+
+    Returns:
+        the UNet in eval mode and where its weights came from.
+    """
+    torch.manual_seed(0)
+    if name == "cifar10":
+        return build_cifar10_unet().eval(), "random"
+    if name == "digits":
+        directory = WEIGHTS_DIR / "digits"
+        if (directory / "config.json").is_file():
+            return UNet2DModel.from_pretrained(str(directory), local_files_only=True).eval(), str(directory)
+        return build_digits_unet().eval(), "random"
+    raise ValueError(f"unknown benchmark model {name!r}; choose digits or cifar10")
+
+
+def sample_shape(unet: UNet2DModel) -> Tuple[int, int, int]:
+    size = unet.config.sample_size
+    return (unet.config.in_channels, size, size)
+
+
+def noise_qparams(unet: UNet2DModel, fp_patterns: Sequence[str], batches: int = 4) -> Dict[str, LayerQParams]:
+    """W8A8 parameters (symmetric weights) calibrated by min/max on Gaussian noise at random timesteps."""
+    generator = torch.Generator().manual_seed(1)
+    examples = [
+        (torch.randn(8, *sample_shape(unet), generator=generator), torch.randint(0, 1000, (8,), generator=generator).float())
+        for _ in range(batches)
+    ]
+    return minmax_layer_qparams(unet, examples, w_bits=8, a_bits=8, fp_patterns=fp_patterns, weight_symmetric=True)
+
+
+def ddim_scheduler(steps: int) -> DDIMScheduler:
+    """DDIM with the DDPM training schedule (1000 linear betas 1e-4..0.02), eta 0."""
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@torch.no_grad()
+def ddim_sample(model: Denoiser, noise: torch.Tensor, scheduler: DDIMScheduler) -> torch.Tensor:
+    """Run the whole DDIM loop ``x_T -> x_0`` with ``model`` as the noise predictor."""
+    sample = noise
+    for timestep in scheduler.timesteps:
+        eps = model(sample, timestep.to(torch.float32).expand(sample.shape[0]))
+        sample = scheduler.step(eps, timestep, sample).prev_sample
+    return sample
+
+
+class CompiledFloat:
+    """FP32 UNet compiled by inductor with the same settings as the int8 graph (freezing: prepacked weights)."""
+
+    def __init__(self, unet: UNet2DModel) -> None:
+        self.compiled = torch.compile(unet, dynamic=False)
+
+    def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            return self.compiled(sample, timesteps).sample
+
+
+@dataclass
+class Variant:
+    """One way of running the denoiser, and how long it took to build (export / compile, first call)."""
+
+    name: str
+    run: Denoiser
+    build_s: float
+
+
+def build_variant(
+    name: str,
+    unet: UNet2DModel,
+    qparams: Dict[str, LayerQParams],
+    example: Tuple[torch.Tensor, torch.Tensor],
+    cache: TemporalFeatureCache | None,
+    compiled_float: CompiledFloat,
+) -> Variant:
+    """Build variant ``name`` for the example's batch size (compiled ones compile here, on ``example``)."""
+    start = time.perf_counter()
+    if name == "fp32_eager":
+        run: Denoiser = lambda sample, timesteps: unet(sample, timesteps).sample  # noqa: E731
+    elif name == "fp32_compiled":
+        run = compiled_float
+    elif name in ("int8", "int8_cache"):
+        run = lower_to_int8(unet, qparams, example, cache=cache if name == "int8_cache" else None)
+    else:
+        raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
+    with torch.no_grad():
+        run(*example)
+    return Variant(name=name, run=run, build_s=time.perf_counter() - start)
+
+
+def interleaved_times(calls: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, List[float]]:
+    """Seconds per call of each entry, measured round-robin (A, B, C, A, B, C, ...) after ``warmup`` rounds."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            for call in calls.values():
+                call()
+        times: Dict[str, List[float]] = {name: [] for name in calls}
+        for _ in range(repeats):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return times

@@ -1,0 +1,180 @@
+"""``tfmq-bench``: CPU speed of the int8 UNet against FP32 eager and FP32 compiled, in one process.
+
+For each model and batch size the variants are built (the compiled ones compile on that shape), warmed up
+and timed round-robin (A, B, C, A, B, C, ...) so that load from other processes affects them alike; then a
+whole DDIM sampling loop is timed per variant the same way. Medians and ratios are printed and every timing
+is written to a JSON file. The last two lines are the headline, for the CIFAR-10 UNet at batch 8 (or the
+first model measured when CIFAR-10 is not):
+
+    speedup_int8_vs_fp32_eager: X
+    speedup_int8_vs_fp32_compiled: Y
+
+Example: ``tfmq-bench --models digits --quick --threads 1 --out /tmp/bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from tfmq_exp.deploy.bench_setup import (
+    DEFAULT_VARIANTS,
+    PUBLISHED_FP_PATTERNS,
+    VARIANTS,
+    CompiledFloat,
+    build_benchmark_unet,
+    build_variant,
+    ddim_sample,
+    ddim_scheduler,
+    interleaved_times,
+    noise_qparams,
+    sample_shape,
+)
+from tfmq_exp.deploy.int8_grid import default_weight_code_max
+from tfmq_exp.deploy.temporal import TemporalFeatureCache
+
+HEADLINE = ("cifar10", 8)
+QUICK = {"repeats": 5, "batch_sizes": [1, 8], "ddim_steps": 5, "ddim_repeats": 2}
+
+
+def _int_list(text: str) -> List[int]:
+    return [int(item) for item in text.split(",") if item]
+
+
+def _name_list(text: str) -> List[str]:
+    return [item for item in text.split(",") if item]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tfmq-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=_name_list, default=["digits", "cifar10"], help="digits,cifar10")
+    parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32])
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--ddim-steps", type=int, default=20)
+    parser.add_argument("--ddim-batch", type=int, default=8)
+    parser.add_argument("--ddim-repeats", type=int, default=3, help="timed DDIM loops per variant")
+    parser.add_argument("--variants", type=_name_list, default=list(DEFAULT_VARIANTS), help=",".join(VARIANTS))
+    parser.add_argument("--fp-patterns", choices=("published", "none"), default="published",
+                        help="keep the published full-precision layers in float32, or quantize every layer")
+    parser.add_argument("--quick", action="store_true", help=f"development run: {QUICK}")
+    parser.add_argument("--out", type=Path, default=Path("bench_results.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
+    return args
+
+
+def _summary(times: Dict[str, List[float]]) -> Dict[str, dict]:
+    return {name: {"median_ms": 1e3 * statistics.median(values), "times_ms": [1e3 * v for v in values]}
+            for name, values in times.items()}
+
+
+def _ratios(summary: Dict[str, dict]) -> Dict[str, float]:
+    """Speedups of every int8 variant over every fp32 one (fp32 median / int8 median)."""
+    return {f"{quantized}_vs_{reference}": summary[reference]["median_ms"] / summary[quantized]["median_ms"]
+            for quantized in summary if quantized.startswith("int8")
+            for reference in summary if reference.startswith("fp32")}
+
+
+def _sqnr_db(output: torch.Tensor, reference: torch.Tensor) -> float:
+    error = (output - reference).pow(2).sum().clamp(min=1e-30)
+    return float(10 * torch.log10(reference.pow(2).sum() / error))
+
+
+def benchmark_model(name: str, args: argparse.Namespace) -> dict:
+    """Time every variant of one model at every batch size, then the DDIM loop."""
+    unet, weights = build_benchmark_unet(name)
+    fp_patterns = PUBLISHED_FP_PATTERNS if args.fp_patterns == "published" else ()
+    qparams = noise_qparams(unet, fp_patterns)
+    shape = sample_shape(unet)
+    scheduler = ddim_scheduler(args.ddim_steps)
+    needs_cache = "int8_cache" in args.variants
+    cache = TemporalFeatureCache.from_unet(unet, scheduler.timesteps, shape) if needs_cache else None
+    compiled_float = CompiledFloat(unet)
+    result: dict = {"weights": weights, "parameters": sum(p.numel() for p in unet.parameters()),
+                    "quantized_layers": len(qparams), "build_s": {}, "forward": {}}
+    generator = torch.Generator().manual_seed(2)
+    batch_sizes = list(dict.fromkeys(args.batch_sizes + [args.ddim_batch]))
+    for batch in batch_sizes:
+        sample = torch.randn(batch, *shape, generator=generator)
+        timesteps = torch.full((batch,), float(scheduler.timesteps[len(scheduler.timesteps) // 2]))
+        variants = [build_variant(v, unet, qparams, (sample, timesteps), cache, compiled_float) for v in args.variants]
+        result["build_s"][str(batch)] = {v.name: round(v.build_s, 2) for v in variants}
+        if batch in args.batch_sizes:
+            calls = {v.name: (lambda run=v.run: run(sample, timesteps)) for v in variants}
+            summary = _summary(interleaved_times(calls, args.repeats))
+            result["forward"][str(batch)] = {"variants": summary, "speedups": _ratios(summary)}
+            _print_rows(name, f"batch {batch}", result["forward"][str(batch)])
+        if batch == args.ddim_batch:
+            result["ddim"] = _benchmark_ddim(variants, scheduler, batch, shape, args.ddim_repeats)
+            _print_rows(name, f"DDIM-{args.ddim_steps} batch {batch}", result["ddim"])
+    return result
+
+
+def _benchmark_ddim(variants, scheduler, batch: int, shape, repeats: int) -> dict:
+    noise = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(3))
+    outputs = {v.name: ddim_sample(v.run, noise, scheduler) for v in variants}
+    calls = {v.name: (lambda run=v.run: ddim_sample(run, noise, scheduler)) for v in variants}
+    summary = _summary(interleaved_times(calls, repeats, warmup=0))
+    reference = outputs.get("fp32_eager")
+    sqnr = {name: _sqnr_db(out, reference) for name, out in outputs.items() if reference is not None and name != "fp32_eager"}
+    return {"variants": summary, "speedups": _ratios(summary), "sample_sqnr_db_vs_fp32_eager": sqnr}
+
+
+def _print_rows(model: str, label: str, entry: dict) -> None:
+    medians = "  ".join(f"{name} {stats['median_ms']:.2f} ms" for name, stats in entry["variants"].items())
+    ratios = "  ".join(f"{key} {value:.2f}x" for key, value in entry["speedups"].items())
+    print(f"[{model}] {label}: {medians}  |  {ratios}", flush=True)
+
+
+def _headline(results: Dict[str, dict]) -> Optional[dict]:
+    """Speedups of ``int8`` at the headline (model, batch), falling back to the first measured pair."""
+    model, batch = HEADLINE
+    candidates = [(model, str(batch))] + [(m, str(batch)) for m in results]
+    candidates += [(m, b) for m, r in results.items() for b in r["forward"]]
+    for model_name, batch_key in candidates:
+        speedups = results.get(model_name, {}).get("forward", {}).get(batch_key, {}).get("speedups", {})
+        if "int8_vs_fp32_eager" in speedups and "int8_vs_fp32_compiled" in speedups:
+            return {"model": model_name, "batch": int(batch_key), "int8_vs_fp32_eager": speedups["int8_vs_fp32_eager"],
+                    "int8_vs_fp32_compiled": speedups["int8_vs_fp32_compiled"]}
+    return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Entry point of ``tfmq-bench``; returns the results it writes to ``--out``."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    environment = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor(),
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                   "int8_weight_code_max": default_weight_code_max()}
+    print(f"tfmq-bench: {environment}", flush=True)
+    results = {name: benchmark_model(name, args) for name in args.models}
+    headline = _headline(results)
+    report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "environment": environment, "models": results, "headline": headline,
+              "total_s": round(time.perf_counter() - started, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"results written to {args.out}")
+    if headline is not None:
+        print(f"headline: model={headline['model']} batch={headline['batch']}")
+        print(f"speedup_int8_vs_fp32_eager: {headline['int8_vs_fp32_eager']:.2f}")
+        print(f"speedup_int8_vs_fp32_compiled: {headline['int8_vs_fp32_compiled']:.2f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Cache-based temporal maintenance for deployment (DESIGN 1.5): the temporal features become graph inputs.
+
+The TIB maps ``t`` to one feature per ResNet block, ``e_i(t) = time_emb_proj_i(act(h(t)))`` (DESIGN 1.4).
+For a fixed sampler the timesteps form a finite set, so :class:`TemporalFeatureCache` computes every
+``e_i(t)`` once with the full-precision TIB (optionally quantized per ``(t, i)``), and
+:class:`FeatureInputUNet` runs the UNet with the TIB bypassed: a forward hook on each ``time_emb_proj``
+returns the supplied feature instead of the layer's output. The exported graph then takes
+``(sample, {feature name: e_i})`` and contains no TIB computation (its nodes are dead and removed).
+
+Feature names are the dotted names of the consuming ResNet blocks (``down_blocks.0.resnets.0``), as in
+``tfmq_exp.models.adapters.spec.TemporalFeature.name``. Supported: ``UNet2DModel``-style denoisers whose
+time embedding depends on ``t`` alone (no class embedding). The diffusers attribute names this module relies
+on (``time_embedding``, ``time_emb_proj``, ``class_embedding``) are confined to :func:`tib_layout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from tfmq_exp.deploy.qparams import fake_quantize_activation
+from tfmq_exp.errors import CacheMismatchError
+
+PROJECTION_ATTRIBUTE = "time_emb_proj"
+
+
+@dataclass(frozen=True)
+class TIBLayout:
+    """Where the TIB lives in a UNet.
+
+    Attributes:
+        projections: feature name (ResNet block) -> name of its ``time_emb_proj`` Linear (``g_i``).
+        layer_names: every Conv2d / Linear of the TIB (time-embedding MLP and projections); the cache removes them.
+    """
+
+    projections: Dict[str, str]
+    layer_names: List[str]
+
+
+def tib_layout(unet: nn.Module) -> TIBLayout:
+    """Find the TIB of a diffusers UNet and check that cache-based maintenance applies to it.
+
+    Raises:
+        ValueError: the UNet has no ``time_emb_proj`` layers, or other inputs than ``t`` join the embedding.
+    """
+    if getattr(unet, "class_embedding", None) is not None:
+        raise ValueError(
+            "cache-based maintenance needs temporal features that depend on t alone; this UNet adds a class "
+            "embedding to the time embedding"
+        )
+    projections = {
+        name: f"{name}.{PROJECTION_ATTRIBUTE}"
+        for name, module in unet.named_modules()
+        if isinstance(getattr(module, PROJECTION_ATTRIBUTE, None), nn.Linear)
+    }
+    if not projections:
+        raise ValueError("no ResNet block with a time_emb_proj Linear found: nothing to cache")
+    embedding = getattr(unet, "time_embedding", None)
+    embedding_layers = (
+        [f"time_embedding.{name}" for name, module in embedding.named_modules() if isinstance(module, nn.Linear)]
+        if embedding is not None
+        else []
+    )
+    return TIBLayout(projections=projections, layer_names=embedding_layers + list(projections.values()))
+
+
+def as_float_timesteps(timestep: torch.Tensor | float | int, batch_size: int) -> torch.Tensor:
+    """Timesteps as a float32 ``[batch_size]`` tensor (integer timesteps break PT2E's histogram observers)."""
+    timesteps = torch.as_tensor(timestep).to(torch.float32).reshape(-1)
+    if timesteps.numel() == 1:
+        return timesteps.expand(batch_size).contiguous()
+    if timesteps.numel() != batch_size:
+        raise ValueError(f"got {timesteps.numel()} timesteps for a batch of {batch_size}")
+    return timesteps
+
+
+class FeatureInputUNet(nn.Module):
+    """``forward(sample, temporal_features) -> eps``: the UNet with its TIB replaced by given features.
+
+    Forward hooks on every ``time_emb_proj`` return ``temporal_features[feature name]`` (``[B, C_i]``) instead
+    of the Linear's output; the timestep passed to the UNet is a dummy whose embedding is never used. The
+    hooks are registered on ``unet`` at construction (pass a copy if the original is used elsewhere) and
+    removed by :meth:`remove_hooks`.
+    """
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.layout = tib_layout(unet)
+        self._supplied: Optional[Dict[str, torch.Tensor]] = None
+        self._handles = [
+            unet.get_submodule(projection).register_forward_hook(self._make_hook(feature))
+            for feature, projection in self.layout.projections.items()
+        ]
+
+    def _make_hook(self, feature: str):
+        def hook(_module: nn.Module, _inputs: tuple, _output: torch.Tensor) -> torch.Tensor:
+            if self._supplied is None:
+                raise RuntimeError("FeatureInputUNet's hooks fired outside its forward")
+            return self._supplied[feature]
+
+        return hook
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def forward(self, sample: torch.Tensor, temporal_features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = sorted(set(self.layout.projections) - set(temporal_features))
+        if missing:
+            raise KeyError(f"temporal features missing for {missing}")
+        dummy_timesteps = torch.zeros(sample.shape[0], dtype=sample.dtype, device=sample.device)
+        self._supplied = temporal_features
+        try:
+            return self.unet(sample, dummy_timesteps).sample
+        finally:
+            self._supplied = None
+
+
+@dataclass
+class TemporalFeatureCache:
+    """Temporal features ``e_i(t)`` for one sampler's timestep set (DESIGN 1.5).
+
+    Attributes:
+        timesteps: ``[T]`` int64, the cached timesteps.
+        features: feature name -> ``[T, C_i]`` float32 (already dequantized when ``bits`` is set).
+        bits: bits of the per-``(t, i)`` quantization applied to the features, or ``None`` (full precision).
+    """
+
+    timesteps: torch.Tensor
+    features: Dict[str, torch.Tensor]
+    bits: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.timesteps = torch.as_tensor(self.timesteps).to(torch.int64).reshape(-1)
+        for name, values in self.features.items():
+            if values.dim() != 2 or values.shape[0] != self.timesteps.numel():
+                raise ValueError(f"feature {name} must be [T={self.timesteps.numel()}, C], got {tuple(values.shape)}")
+
+    @classmethod
+    @torch.no_grad()
+    def from_unet(
+        cls, unet: nn.Module, timesteps: Sequence[int] | torch.Tensor, sample_shape: Sequence[int], bits: Optional[int] = None
+    ) -> "TemporalFeatureCache":
+        """Compute every ``e_i(t)`` with ``unet``'s (full-precision) TIB.
+
+        Args:
+            unet: the denoiser; the features are read from its ``time_emb_proj`` outputs (forward hooks).
+            timesteps: the sampler's timesteps.
+            sample_shape: ``(C, H, W)`` of one sample (only used to run a forward pass).
+            bits: quantize each ``e_i(t)`` to ``bits`` (asymmetric min/max per ``(t, i)``); ``None`` keeps fp32.
+        """
+        layout = tib_layout(unet)
+        timesteps = torch.as_tensor(timesteps).to(torch.int64).reshape(-1)
+        captured: Dict[str, torch.Tensor] = {}
+
+        def make_hook(feature: str):
+            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+                captured[feature] = output.detach().float()
+
+            return hook
+
+        handles = [
+            unet.get_submodule(projection).register_forward_hook(make_hook(feature))
+            for feature, projection in layout.projections.items()
+        ]
+        try:
+            sample = torch.zeros(timesteps.numel(), *sample_shape)
+            unet(sample, timesteps.to(torch.float32))
+        finally:
+            for handle in handles:
+                handle.remove()
+        if bits is not None:
+            captured = {name: _quantize_rows(values, bits) for name, values in captured.items()}
+        return cls(timesteps=timesteps, features=captured, bits=bits)
+
+    def lookup(self, timesteps: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Features for a batch of timesteps: ``{name: [B, C_i]}``.
+
+        Raises:
+            CacheMismatchError: a timestep is not in the cache (the cache belongs to one sampler).
+        """
+        timesteps = torch.as_tensor(timesteps).reshape(-1)
+        matches = torch.isclose(timesteps.double()[:, None], self.timesteps.double()[None, :], rtol=0, atol=1e-4)
+        found = matches.any(dim=1)
+        if not bool(found.all()):
+            unknown = sorted({float(t) for t in timesteps[~found]})
+            raise CacheMismatchError(
+                f"timesteps {unknown} are not in the temporal-feature cache (it holds {self.timesteps.numel()} "
+                "timesteps of one sampler); rebuild the cache for this sampler"
+            )
+        index = matches.to(torch.int64).argmax(dim=1)
+        return {name: values[index] for name, values in self.features.items()}
+
+    def nbytes(self) -> int:
+        """Storage size: ``bits`` per value plus a float32 scale and a uint8 zero point per ``(t, i)`` (fp32 otherwise)."""
+        total = 0
+        for values in self.features.values():
+            if self.bits is None:
+                total += values.numel() * 4
+            else:
+                total += (values.numel() * self.bits + 7) // 8 + values.shape[0] * 5
+        return total
+
+
+def _quantize_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Fake-quantize each row (one timestep) with its own asymmetric min/max parameters."""
+    rows = []
+    qmax = 2**bits - 1
+    for row in values:
+        low, high = min(float(row.min()), 0.0), max(float(row.max()), 0.0)
+        scale = max((high - low) / qmax, 1e-8)
+        zero_point = int(min(max(round(-low / scale), 0), qmax))
+        rows.append(fake_quantize_activation(row, scale, zero_point, bits))
+    return torch.stack(rows)

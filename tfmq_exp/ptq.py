@@ -1,0 +1,168 @@
+"""Post-training quantization of a denoiser as a method config prescribes (DESIGN 1.1-1.6).
+
+Stages, each timed: capture calibration data -> replace layers -> TIAR and block reconstruction ->
+activation calibration (FSC where asked) -> temporal maintenance (cache / selection) -> artifact. What runs is
+read from ``config.method``; nothing here branches on a method's *name*.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tfmq_exp.config.schema import Config
+from tfmq_exp.errors import CacheMismatchError
+from tfmq_exp.eval.reference import weights_fingerprint
+from tfmq_exp.eval.sampling import sampling_timesteps
+from tfmq_exp.models.adapters import get_adapter
+from tfmq_exp.quant import (
+    ArtifactError,
+    TimestepContext,
+    attach_timestep_context,
+    iter_quant_modules,
+    load_artifact,
+    quantize_,
+    save_artifact,
+)
+from tfmq_exp.store import ArtifactStore, content_key
+from tfmq_exp.timing import StageTimer
+
+log = logging.getLogger(__name__)
+ARTIFACT_DIR = "artifact"
+
+
+@dataclass
+class QuantizedModel:
+    """A quantized denoiser ready for sampling, and what its construction reported."""
+
+    unet: nn.Module
+    context: TimestepContext
+    sections: dict[str, Any] = field(default_factory=dict)
+
+
+def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> dict[str, Any]:
+    """Storage in bits: quantized weights at their bit-width, other parameters at 32 bits, plus any cache.
+
+    Parameters that cache-based maintenance removed are no longer in ``unet_q`` and cost nothing.
+    """
+    weight_bits = {id(module.weight): module.weight_quantizer.bits for _, module in iter_quant_modules(unet_q)}
+    total = sum(weight_bits.get(id(p), 32) * p.numel() for p in unet_q.parameters()) + 8 * cache_bytes
+    fp_bits = 32 * sum(p.numel() for p in unet_fp.parameters())
+    quantized = sum(p.numel() for p in unet_q.parameters() if id(p) in weight_bits)
+    return {"bits": total, "fp_bits": fp_bits, "ratio": total / fp_bits, "quantized_parameters": quantized,
+            "cache_bytes": cache_bytes}
+
+
+def _reconstruction_dir(config: Config, store: ArtifactStore, fingerprint: str) -> Path:
+    """Per-unit checkpoints live in the shared cache, keyed by everything that determines them (resumable)."""
+    payload = {
+        "weights": fingerprint,
+        "model": config.model.name,
+        "sampler": vars(config.sampler),
+        "quant": vars(config.quant),
+        "method": {k: v for k, v in vars(config.method).items() if k not in ("name", "select", "cache_bits")},
+        "calib": vars(config.calib),
+        "seed": config.seed,
+    }
+    return store.root / "reconstruction" / content_key(payload)
+
+
+def _fsc_modules(unet_q: nn.Module, config: Config, tib_layers: list[str]) -> list[nn.Module] | None:
+    """Modules whose activation quantizers get per-timestep parameters (DESIGN 1.4, scope ``tib`` / ``all``)."""
+    if not config.method.fsc:
+        return None
+    if config.method.fsc_scope == "all":
+        return [unet_q]
+    present = {name for name, _ in iter_quant_modules(unet_q)}
+    return [unet_q.get_submodule(name) for name in tib_layers if name in present]
+
+
+def quantize_for_method(
+    unet_fp: nn.Module, config: Config, store: ArtifactStore, timer: StageTimer, run_dir: Path
+) -> QuantizedModel:
+    """Build the quantized denoiser of ``config.method`` (or load ``config.artifact``)."""
+    from tfmq_exp.calib.activation import calibrate_activations
+    from tfmq_exp.calib.capture import load_or_capture
+    from tfmq_exp.recon import reconstruct
+
+    if config.artifact:
+        return load_quantized(unet_fp, config, timer)
+    adapter = get_adapter(unet_fp)
+    tib = adapter.tib()
+    sections: dict[str, Any] = {}
+    with timer("capture"):
+        data, hit = load_or_capture(unet_fp, config, store)
+    sections["calibration"] = {"cache_hit": hit, "steps": len(data.timesteps), "samples": int(data.x.shape[1])}
+    with timer("quantize"):
+        unet_q = copy.deepcopy(unet_fp)
+        split_points = adapter.shortcut_split_points() if config.method.split_shortcut else None
+        quant_map = quantize_(
+            unet_q, config.quant, config.model, config.method, split_points=split_points,
+            temporal_names=set(tib.layer_names()),
+        )
+        context = TimestepContext()
+        attach_timestep_context(unet_q, context)
+    sections["quantization"] = {"layers": len(quant_map.layers) if hasattr(quant_map, "layers") else None}
+    with timer("reconstruction"):
+        fingerprint = weights_fingerprint(unet_fp)
+        sections["reconstruction"] = reconstruct(
+            unet_q, unet_fp, config, data, _reconstruction_dir(config, store, fingerprint), config.runtime.progress
+        )
+    with timer("act_calibration"):
+        calibrate_activations(
+            unet_q, data, context, _fsc_modules(unet_q, config, tib.layer_names()),
+            device=config.runtime.device, progress=config.runtime.progress,
+        )
+    if config.method.maintenance != "tib":
+        from tfmq_exp.temporal.maintenance import apply_maintenance
+
+        with timer("maintenance"):
+            sections.update(apply_maintenance(unet_q, unet_fp, config, context, sampling_timesteps(config.sampler, config.model)))
+    sections["model_size"] = model_size(unet_q, unet_fp, sections.get("cache", {}).get("cache_bytes", 0))
+    if config.save_artifact:
+        save_artifact(run_dir / ARTIFACT_DIR, unet_q, config, extra={"sections": sections})
+        sections["artifact"] = str(run_dir / ARTIFACT_DIR)
+    return QuantizedModel(unet=unet_q, context=context, sections=sections)
+
+
+def load_quantized(unet_fp: nn.Module, config: Config, timer: StageTimer) -> QuantizedModel:
+    """Rebuild a saved quantized model (``artifact=DIR``) without calibrating again."""
+    context = TimestepContext()
+    with timer("load_artifact"):
+        unet_q = copy.deepcopy(unet_fp)
+        try:
+            loaded = load_artifact(config.artifact, unet_q, config, context=context)
+        except ArtifactError as error:
+            raise CacheMismatchError(
+                f"artifact {config.artifact} does not fit this run: {' '.join(str(error).split())}"
+            ) from error
+        attach_timestep_context(unet_q, context)
+    sections = dict(loaded.extra.get("sections", {}))
+    sections["artifact"] = str(config.artifact)
+    return QuantizedModel(unet=unet_q, context=context, sections=sections)
+
+
+@torch.no_grad()
+def eps_rel_mse(unet_fp: nn.Module, unet_q: nn.Module, trajectory: torch.Tensor, timesteps: list[int]) -> float:
+    """Noise-free diagnostic: relative MSE of the quantized noise prediction along the FP trajectory.
+
+    ``sum_t ||eps_q(x_t, t) - eps_fp(x_t, t)||^2 / sum_t ||eps_fp(x_t, t)||^2`` over every step of a fixed batch.
+
+    Args:
+        trajectory: ``[S + 1, B, C, H, W]`` full-precision ``x_t`` (the last entry, ``x_0``, is not used).
+        timesteps: the S sampling timesteps, in sampling order.
+    """
+    error, energy = 0.0, 0.0
+    for x_t, t in zip(trajectory[:-1], timesteps):
+        timestep = torch.tensor(t)
+        eps_fp = unet_fp(x_t, timestep).sample
+        eps_q = unet_q(x_t, timestep).sample
+        error += float((eps_q - eps_fp).pow(2).sum())
+        energy += float(eps_fp.pow(2).sum())
+    return error / max(energy, 1e-12)

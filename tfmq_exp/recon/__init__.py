@@ -1,0 +1,40 @@
+"""Reconstruction of the weight rounding (AdaRound): TIAR over the TIB and BRECQ over blocks, one
+LightningModule fit per unit, resumable from per-unit checkpoints (DESIGN 1.3, 1.4)."""
+
+from tfmq_exp.recon.capture import CallTemplate, CapturedInputs, ReconSamples, capture_inputs, capture_output
+from tfmq_exp.recon.checkpoint import UnitCheckpoints, unit_state
+from tfmq_exp.recon.module import RandomBatches, ReconstructionModule, fit_unit
+from tfmq_exp.recon.objectives import (
+    BlockOutputObjective,
+    RoundingRegulariser,
+    TemporalFeatureObjective,
+    TemporalFeatureUnit,
+    UnitDataset,
+    evaluate_objective,
+)
+from tfmq_exp.recon.runner import reconstruct, recon_samples, unit_seed
+from tfmq_exp.recon.units import ReconUnit, plan_units
+
+__all__ = [
+    "BlockOutputObjective",
+    "CallTemplate",
+    "CapturedInputs",
+    "RandomBatches",
+    "ReconSamples",
+    "ReconUnit",
+    "ReconstructionModule",
+    "RoundingRegulariser",
+    "TemporalFeatureObjective",
+    "TemporalFeatureUnit",
+    "UnitCheckpoints",
+    "UnitDataset",
+    "capture_inputs",
+    "capture_output",
+    "evaluate_objective",
+    "fit_unit",
+    "plan_units",
+    "recon_samples",
+    "reconstruct",
+    "unit_seed",
+    "unit_state",
+]

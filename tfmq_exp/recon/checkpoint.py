@@ -1,0 +1,152 @@
+"""Per-unit checkpoints that make reconstruction resumable.
+
+After a unit is finished its frozen state (the state dicts of its modules, including the hard-rounded weight
+codes) is written atomically to ``<dir>/<index>_<unit name>.safetensors`` and recorded in ``<dir>/manifest.json``
+(sha256, the unit's report entry). A rerun loads every unit whose checkpoint is valid instead of optimising
+it. The manifest carries a key of everything that determined the results (config, weights, plan); a directory
+written under another key is ignored (with a warning) and overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from tfmq_exp.quant import QuantModule, iter_quant_modules
+from tfmq_exp.recon.units import ReconUnit
+from tfmq_exp.store import file_sha256
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+CHECKPOINT_FORMAT = 1
+CODES_SUFFIX = "weight_quantizer.weight_codes"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(temporary)
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def unit_state(unet_q: nn.Module, unit: ReconUnit) -> dict[str, Tensor]:
+    """The unit's state: ``<root>.<key>`` -> tensor for every module in ``unit.state_roots`` (cloned, CPU)."""
+    state: dict[str, Tensor] = {}
+    for root in unit.state_roots:
+        for key, value in unet_q.get_submodule(root).state_dict().items():
+            state[f"{root}.{key}"] = value.detach().cpu().clone().contiguous()
+    return state
+
+
+def _prepare_layout(unet_q: nn.Module, unit: ReconUnit, state: dict[str, Tensor]) -> list[QuantModule]:
+    """Give layers whose saved state holds frozen codes a ``weight_codes`` buffer to load into.
+
+    Returns:
+        The layers that got a new buffer (to undo with ``reset_rounding`` if the checkpoint is rejected).
+    """
+    allocated = []
+    for root in unit.state_roots:
+        for sub, layer in iter_quant_modules(unet_q.get_submodule(root)):
+            key = ".".join(part for part in (root, sub, CODES_SUFFIX) if part)
+            if key in state and layer.weight_quantizer.weight_codes is None:
+                layer.weight_quantizer.allocate_frozen(layer.weight.shape)
+                allocated.append(layer)
+    return allocated
+
+
+def _matches(unet_q: nn.Module, unit: ReconUnit, state: dict[str, Tensor]) -> Optional[str]:
+    expected = {
+        f"{root}.{key}": value
+        for root in unit.state_roots
+        for key, value in unet_q.get_submodule(root).state_dict().items()
+    }
+    unfrozen = [name for name in unit.layer_names if f"{name}.{CODES_SUFFIX}" not in state]
+    if unfrozen:
+        return f"no frozen rounding for {unfrozen[:3]}"
+    if set(expected) != set(state):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        return f"keys differ: missing {missing[:3]}, extra {extra[:3]}"
+    for key, value in state.items():
+        if value.shape != expected[key].shape or value.dtype != expected[key].dtype:
+            return f"{key}: {tuple(value.shape)} {value.dtype} vs {tuple(expected[key].shape)} {expected[key].dtype}"
+    return None
+
+
+class UnitCheckpoints:
+    """The checkpoint directory of one reconstruction.
+
+    Args:
+        directory: where checkpoints and the manifest live (created if missing).
+        setup_key: identifies everything that determined the results; a manifest with another key is ignored.
+    """
+
+    def __init__(self, directory: Path, setup_key: str) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.setup_key = setup_key
+        self.entries: dict[str, dict[str, Any]] = {}
+        path = self.directory / MANIFEST
+        if path.is_file():
+            try:
+                manifest = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                log.warning("reconstruction manifest %s is unreadable (%s); starting over", path, error)
+                return
+            if manifest.get("setup_key") == setup_key and manifest.get("format") == CHECKPOINT_FORMAT:
+                self.entries = dict(manifest.get("units", {}))
+            else:
+                log.warning("reconstruction checkpoints in %s belong to another setup; starting over", self.directory)
+
+    @staticmethod
+    def file_name(unit: ReconUnit) -> str:
+        """``<index>_<unit name>.safetensors``."""
+        return f"{unit.index:03d}_{unit.name}.safetensors"
+
+    def load(self, unet_q: nn.Module, unit: ReconUnit) -> Optional[dict[str, Any]]:
+        """Load ``unit``'s finished state into ``unet_q`` if a valid checkpoint exists.
+
+        Returns:
+            The unit's recorded report entry, or ``None`` (no checkpoint, or an invalid one: logged).
+        """
+        entry = self.entries.get(self.file_name(unit))
+        if entry is None:
+            return None
+        path = self.directory / self.file_name(unit)
+        try:
+            if entry.get("unit") != unit.to_dict():
+                raise ValueError("it was written for a different unit")
+            if not path.is_file() or file_sha256(path) != entry["sha256"]:
+                raise ValueError("missing file or checksum mismatch")
+            state = load_file(str(path))
+        except (OSError, ValueError, KeyError) as error:
+            log.warning("checkpoint of unit %s is invalid (%s); reconstructing it again", unit.name, error)
+            return None
+        allocated = _prepare_layout(unet_q, unit, state)
+        problem = _matches(unet_q, unit, state)
+        if problem is not None:
+            for layer in allocated:
+                layer.weight_quantizer.reset_rounding()
+            log.warning("checkpoint of unit %s does not fit the model (%s); reconstructing it again",
+                        unit.name, problem)
+            return None
+        for root in unit.state_roots:
+            prefix = f"{root}."
+            module = unet_q.get_submodule(root)
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        return dict(entry["report"])
+
+    def save(self, unet_q: nn.Module, unit: ReconUnit, report: dict[str, Any]) -> None:
+        """Write ``unit``'s state and record it in the manifest (both atomically, the file first)."""
+        name = self.file_name(unit)
+        state = unit_state(unet_q, unit)
+        _atomic_write(self.directory / name, lambda path: save_file(state, str(path), metadata={"unit": unit.name}))
+        self.entries[name] = {"unit": unit.to_dict(), "sha256": file_sha256(self.directory / name), "report": report}
+        manifest = {"format": CHECKPOINT_FORMAT, "setup_key": self.setup_key, "units": self.entries}
+        _atomic_write(self.directory / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n"))
