@@ -30,6 +30,7 @@ from tfmq_exp.quant import (
     quantize_,
     save_artifact,
 )
+from tfmq_exp.recon.runner import reconstruction_settings
 from tfmq_exp.store import ArtifactStore, content_key
 from tfmq_exp.timing import StageTimer
 
@@ -60,34 +61,15 @@ def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> d
 
 
 def _reconstruction_dir(config: Config, store: ArtifactStore, fingerprint: str) -> Path:
-    """Per-unit checkpoints live in the shared cache, keyed by everything that determines them (resumable)."""
-    payload = {
-        "weights": fingerprint,
-        "model": config.model.name,
-        "sampler": vars(config.sampler),
-        "quant": vars(config.quant),
-        "method": {k: v for k, v in vars(config.method).items() if k not in ("name", "select", "cache_bits")},
-        "calib": vars(config.calib),
-        "seed": config.seed,
-    }
-    return store.root / "reconstruction" / content_key(payload)
-
-
-def _fsc_modules(unet_q: nn.Module, config: Config, tib_layers: list[str]) -> list[nn.Module] | None:
-    """Modules whose activation quantizers get per-timestep parameters (DESIGN 1.4, scope ``tib`` / ``all``)."""
-    if not config.method.fsc:
-        return None
-    if config.method.fsc_scope == "all":
-        return [unet_q]
-    present = {name for name, _ in iter_quant_modules(unet_q)}
-    return [unet_q.get_submodule(name) for name in tib_layers if name in present]
+    """Per-unit checkpoints live in the shared cache, keyed by what determines them (resumable, shared)."""
+    return store.root / "reconstruction" / content_key({"weights": fingerprint, **reconstruction_settings(config)})
 
 
 def quantize_for_method(
     unet_fp: nn.Module, config: Config, store: ArtifactStore, timer: StageTimer, run_dir: Path
 ) -> QuantizedModel:
     """Build the quantized denoiser of ``config.method`` (or load ``config.artifact``)."""
-    from tfmq_exp.calib.activation import calibrate_activations
+    from tfmq_exp.calib.activation import calibrate_activations, fsc_modules
     from tfmq_exp.calib.capture import load_or_capture
     from tfmq_exp.recon import reconstruct
 
@@ -116,7 +98,7 @@ def quantize_for_method(
         )
     with timer("act_calibration"):
         calibrate_activations(
-            unet_q, data, context, _fsc_modules(unet_q, config, tib.layer_names()),
+            unet_q, data, context, fsc_modules(unet_q, config.method),
             device=config.runtime.device, progress=config.runtime.progress,
         )
     if config.method.maintenance != "tib":

@@ -159,6 +159,9 @@ def _install_known_qparams(
 class LoweredUNet:
     """The int8 UNet as a callable ``(sample, timestep) -> eps`` (float32 tensor).
 
+    The graph is specialised to the sample shape it was exported with (lower once per batch size);
+    ``timestep`` may be a scalar or one value per sample, integer or float.
+
     Attributes:
         graph_module: the converted PT2E graph (quantize / dequantize ops around float layers).
         runner: what is called: ``graph_module`` compiled by inductor (real int8 kernels), or itself.

@@ -80,17 +80,25 @@ def capture_batch_size(config: Config) -> int:
     return max(config.method.recon.batch_size, config.eval.batch_size)
 
 
+# Method fields that act after reconstruction (activation calibration, maintenance) or only name the method:
+# runs that differ only in these share their reconstruction (e.g. ``qdiffusion`` and ``fsc``).
+POST_RECONSTRUCTION_FIELDS = ("name", "fsc", "fsc_scope", "maintenance", "cache_bits", "cache_fallback", "select")
+
+
+def reconstruction_settings(config: Config) -> dict:
+    """Everything in the config that can change the reconstructed weights."""
+    method = {k: v for k, v in asdict(config.method).items() if k not in POST_RECONSTRUCTION_FIELDS}
+    quant = {k: v for k, v in asdict(config.quant).items() if k != "name"}
+    return {"model": asdict(config.model), "quant": quant, "method": method, "calib": asdict(config.calib),
+            "sampler": asdict(config.sampler), "seed": config.seed}
+
+
 def setup_key(unet_fp: nn.Module, config: Config, data: CalibrationData, plan: list[ReconUnit]) -> str:
     """Key of everything that determines the reconstruction's results (the checkpoints' validity)."""
     return content_key({
         "format": 1,
         "weights": weights_fingerprint(unet_fp),
-        "model": asdict(config.model),
-        "quant": asdict(config.quant),
-        "method": asdict(config.method),
-        "calib": asdict(config.calib),
-        "sampler": asdict(config.sampler),
-        "seed": config.seed,
+        **reconstruction_settings(config),
         "data": {"shape": list(data.x.shape), "timesteps": data.timesteps},
         "plan": [unit.to_dict() for unit in plan],
         "capture_batch_size": capture_batch_size(config),  # batch composition may change the last float bits
