@@ -48,3 +48,38 @@ def test_fp_run_is_deterministic_across_cold_caches(tmp_path: Path) -> None:
     assert not second["fp_reference_cached"]
     third = run_cli(tmp_path / "c", tmp_path / "cache_a", "method=fp", "logger=none")
     assert third["fp_reference_cached"] and third["metrics"]["fid"] == first["metrics"]["fid"]
+
+
+TINY_QUANT = ["quant=w4a8", "sampler.num_steps=5", "calib.num_samples=8", "calib.recon_samples=32",
+              "method.recon.iters=4", "method.recon.batch_size=8", "eval.num_samples=32", "eval.batch_size=32",
+              "eval.trajectory_samples=4", "logger=none"]
+
+
+@pytest.mark.parametrize("method", ["tfmq", "tfmq_cache"])
+def test_quantized_run_and_its_artifact_give_the_same_numbers(tmp_path: Path, method: str) -> None:
+    first = run_cli(tmp_path / "run", tmp_path / "cache", f"method={method}", *TINY_QUANT)
+    assert first["status"] == "ok" and first["quant"] == "w4a8"
+    for key in ("capture_s", "reconstruction_s", "act_calibration_s", "sampling_and_metrics_s"):
+        assert key in first["timing"], key
+    temporal = first["temporal"]
+    for key in ("rel_mse_mean", "cos_mean", "cos_min", "mismatch_rate", "trajectory_cos_final", "eps_rel_mse"):
+        assert key in temporal, key
+    assert 0 < first["model_size"]["ratio"] < 0.3 and first["metrics"]["eps_rel_mse"] > 0
+    artifact = tmp_path / "run" / "artifact"
+    again = run_cli(tmp_path / "again", tmp_path / "cache", f"method={method}", *TINY_QUANT, f"artifact={artifact}")
+    assert again["metrics"]["fid"] == first["metrics"]["fid"]
+    assert again["temporal"]["rel_mse_mean"] == first["temporal"]["rel_mse_mean"]
+    assert "reconstruction_s" not in again["timing"]
+
+
+def test_artifact_for_another_config_fails_in_one_line(tmp_path: Path) -> None:
+    run_cli(tmp_path / "run", tmp_path / "cache", "method=naive", *TINY_QUANT)
+    result = subprocess.run(
+        [sys.executable, "-m", "tfmq_exp", "method=naive", *TINY_QUANT, "quant=w8a8",
+         f"artifact={tmp_path / 'run' / 'artifact'}", f"hydra.run.dir={tmp_path / 'bad'}"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "TFMQ_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=600,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tfmq-exp: error:")]
+    assert len(errors) == 1 and "quant.w_bits" in errors[0], result.stderr[-2000:]

@@ -19,7 +19,7 @@ from torch import nn
 
 from tfmq_exp.eval.protocol import Evaluation, evaluate, real_images
 from tfmq_exp.eval.reference import fp_reference
-from tfmq_exp.eval.sampling import sampling_timesteps
+from tfmq_exp.eval.sampling import noise_fingerprint, sampling_timesteps
 from tfmq_exp.models.loading import load_unet
 from tfmq_exp.ptq import eps_rel_mse, quantize_for_method
 from tfmq_exp.temporal.diagnostics import diagnose_temporal_features, trajectory_cosine
@@ -94,6 +94,11 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
     with timer("fp_reference"):
         reference, hit = fp_reference(unet_fp, config, real, store)
     summary["fp_reference_cached"] = hit
+    summary["eval_noise"] = {
+        "seed_set": config.eval.seed_set,
+        "num_samples": config.eval.num_samples,
+        "sha256": noise_fingerprint(config.model, config.eval.seed_set, config.eval.num_samples),
+    }
     result = reference
     if config.method.quantize:
         quantized = quantize_for_method(unet_fp, config, store, timer, run_dir)
@@ -104,8 +109,8 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
             summary.update(diagnose(quantized.unet, unet_fp, config, reference, result))
         log_temporal(summary, run_dir, tracking)
     summary["metrics"] = _metrics_with_reference(result, reference)
-    if "eps_rel_mse" in summary.get("temporal", {}):
-        summary["metrics"]["eps_rel_mse"] = summary["temporal"]["eps_rel_mse"]
+    # The noise-prediction error along the FP trajectory; zero by definition for the FP reference itself.
+    summary["metrics"]["eps_rel_mse"] = summary.get("temporal", {}).get("eps_rel_mse", 0.0)
     grid = save_sample_grid(result.images, run_dir / "samples.png", count=config.eval.grid_size)
     tracking.log({f"metrics/{k}": v for k, v in summary["metrics"].items() if isinstance(v, (int, float))})
     tracking.summary(summary["metrics"])

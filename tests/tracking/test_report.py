@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from tfmq_exp.tracking.collect import collect_runs
 from tfmq_exp.tracking.report import build_report
@@ -33,3 +36,13 @@ def test_failed_runs_are_listed(multirun_dir: Path, tmp_path: Path) -> None:
         (broken / "summary.json").unlink()
         broken.rmdir()
     assert "## Failed runs" in text and "boom" in text
+
+
+def test_methods_of_a_sweep_saw_identical_initial_noise(multirun_dir: Path) -> None:
+    finished, _ = collect_runs(multirun_dir)
+    summaries = [json.loads((run.path / "summary.json").read_text()) for run in finished]
+    assert {s["method"] for s in summaries} == {"naive", "tfmq"}
+    assert len({s["eval_noise"]["sha256"] for s in summaries}) == 1
+    assert len({s["eval_noise"]["seed_set"] for s in summaries}) == 1
+    for summary in summaries:  # and each started where its FP reference started
+        assert summary["temporal"]["trajectory_cos"][0] == pytest.approx(1.0, abs=1e-12)

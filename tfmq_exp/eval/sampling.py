@@ -166,3 +166,18 @@ def generate(
         images=torch.cat([b.images for b in batches]),
         trajectory=torch.cat([b.trajectory for b in batches], dim=1) if record_trajectory else None,
     )
+
+
+def noise_fingerprint(model: ModelConfig, seed_set: int, num_samples: int) -> str:
+    """sha256 of the initial noise ``x_T`` of samples ``0 .. num_samples - 1`` of a seed set.
+
+    Recorded in every summary so that a sweep can prove its runs were paired (sampled from the same noise).
+    """
+    import hashlib
+
+    shape = (model.in_channels, model.sample_size, model.sample_size)
+    digest = hashlib.sha256()
+    for index in range(num_samples):
+        generator = torch.Generator().manual_seed(sample_seed(seed_set, index))
+        digest.update(torch.randn(shape, generator=generator).numpy().tobytes())
+    return digest.hexdigest()[:16]

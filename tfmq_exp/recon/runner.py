@@ -11,7 +11,7 @@ For each unit of the plan (:func:`~tfmq_exp.recon.units.plan_units`):
    hard rounding and freeze the codes;
 4. checkpoint it.
 
-Every unit's randomness is seeded from ``config.seed`` and the unit's index, so a resumed run reproduces an
+Every unit's randomness is seeded from ``config.calib.seed`` and the unit's index, so a resumed run reproduces an
 uninterrupted one exactly.
 """
 
@@ -80,17 +80,20 @@ def capture_batch_size(config: Config) -> int:
     return max(config.method.recon.batch_size, config.eval.batch_size)
 
 
-# Method fields that act after reconstruction (activation calibration, maintenance) or only name the method:
-# runs that differ only in these share their reconstruction (e.g. ``qdiffusion`` and ``fsc``).
+# Reconstruction runs with activations in full precision, before activation calibration and maintenance, and
+# its randomness comes from ``calib.seed`` (the run's ``seed`` picks the evaluation noise). Runs that differ only
+# in the fields below share their reconstruction: ``qdiffusion`` and ``fsc``; ``w4a8``, ``w4a32`` and ``w4a8t4``;
+# every evaluation seed set.
 POST_RECONSTRUCTION_FIELDS = ("name", "fsc", "fsc_scope", "maintenance", "cache_bits", "cache_fallback", "select")
+ACTIVATION_ONLY_FIELDS = ("name", "a_bits", "temporal_a_bits", "act_range", "ema_momentum", "quantize_attention")
 
 
 def reconstruction_settings(config: Config) -> dict:
     """Everything in the config that can change the reconstructed weights."""
     method = {k: v for k, v in asdict(config.method).items() if k not in POST_RECONSTRUCTION_FIELDS}
-    quant = {k: v for k, v in asdict(config.quant).items() if k != "name"}
+    quant = {k: v for k, v in asdict(config.quant).items() if k not in ACTIVATION_ONLY_FIELDS}
     return {"model": asdict(config.model), "quant": quant, "method": method, "calib": asdict(config.calib),
-            "sampler": asdict(config.sampler), "seed": config.seed}
+            "sampler": asdict(config.sampler)}
 
 
 def setup_key(unet_fp: nn.Module, config: Config, data: CalibrationData, plan: list[ReconUnit]) -> str:
@@ -138,7 +141,7 @@ def _optimise(
         RoundingSchedule.from_recon_config(recon), [layer.weight_quantizer for layer in layers], recon.reg_lambda
     )
     reconstruction = ReconstructionModule(module, objective, regulariser, parameters, recon.lr)
-    fit_unit(reconstruction, dataset, recon.iters, batch_size, unit_seed(config.seed, unit.index), device, progress)
+    fit_unit(reconstruction, dataset, recon.iters, batch_size, unit_seed(config.calib.seed, unit.index), device, progress)
     module.to(device)  # Lightning's teardown moves the fitted module to the CPU
     for layer in layers:
         set_soft_rounding(layer, False)
