@@ -140,15 +140,17 @@ def log_temporal(summary: dict[str, Any], run_dir: Path, tracking: TrackingRun) 
     scalars = ("rel_mse_mean", "mse_mean", "cos_mean", "cos_min", "mismatch_rate", "trajectory_cos_final", "eps_rel_mse")
     tracking.log({f"temporal/{key}": temporal[key] for key in scalars if key in temporal})
     figures = run_dir / "figures"
-    tracking.image("temporal/rel_mse_heatmap", temporal_heatmap(temporal, figures / "temporal_rel_mse.png", "rel_mse"))
-    tracking.image("temporal/cosine_heatmap", temporal_heatmap(temporal, figures / "temporal_cosine.png", "cosine"))
+    label = f"{summary['method']} {summary['quant']}"
+    for key in ("rel_mse", "cosine"):
+        path = temporal_heatmap(temporal, figures / f"temporal_{key}.png", key, title=f"{label}: temporal-feature {key}")
+        tracking.image(f"temporal/{key}_heatmap", path)
     per_t = {
         "rel. MSE (mean over features)": [sum(column) / len(column) for column in zip(*temporal["rel_mse"])],
     }
     tracking.image(
         "temporal/rel_mse_per_timestep",
         per_timestep_curves(per_t, temporal["timesteps"], figures / "temporal_rel_mse_per_t.png", "relative MSE",
-                            f"{summary['method']} {summary['quant']}: temporal-feature error"),
+                            f"{label}: temporal-feature error"),
     )
     rows = [
         [feature, t, temporal["mse"][i][j], temporal["rel_mse"][i][j], temporal["cosine"][i][j], temporal["nearest_timestep"][i][j]]

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 from torch import nn
 
-from tfmq_exp.config.schema import (
-    CalibConfig,
-    Config,
-    EvalConfig,
-    LoggerConfig,
-    MethodConfig,
-    ModelConfig,
-    QuantConfig,
-    ReconConfig,
-    RuntimeConfig,
-    SamplerConfig,
-)
-from tfmq_exp.models.adapters import get_adapter
-from tfmq_exp.models.digits import build_digits_unet
-from tfmq_exp.quant import quantize_
+from tests import helpers
+from tests.helpers import digits_unet, method_config, model_config, quant_config, small_config
+from tfmq_exp.config.schema import CalibConfig, Config, ReconConfig
 
-DIGITS_FP_PATTERNS = ["conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*"]
-
-
-def digits_unet(seed: int = 0) -> nn.Module:
-    """The real digits UNet architecture with random weights drawn from ``seed``."""
-    torch.manual_seed(seed)
-    return build_digits_unet().eval()
+__all__ = ["digits_unet", "make_config", "quantized_copy"]
 
 
 def make_config(
@@ -53,31 +33,20 @@ def make_config(
     calib_seed: int = 1234,
 ) -> Config:
     """A small, fast run config on the digits model (DDIM with ``num_steps`` steps)."""
-    return Config(
-        model=ModelConfig(
-            name="digits", fp_patterns=list(DIGITS_FP_PATTERNS), quant_patterns=list(quant_patterns or ["*"])
-        ),
-        sampler=SamplerConfig(num_steps=num_steps),
-        quant=QuantConfig(name=f"w{w_bits}a{a_bits}", w_bits=w_bits, a_bits=a_bits),
-        method=MethodConfig(
-            name="test",
-            weight_init="minmax",
-            recon=ReconConfig(enabled=recon, iters=iters, batch_size=8, lr=lr),
-            calib_steps=calib_steps,
-            tiar=tiar,
+    return small_config(
+        quant_config(w_bits, a_bits),
+        method_config(
+            recon=ReconConfig(enabled=recon, iters=iters, batch_size=8, lr=lr), calib_steps=calib_steps, tiar=tiar,
             fsc=fsc,
         ),
+        model=model_config(quant_patterns=list(quant_patterns or ["*"])),
+        num_steps=num_steps,
         calib=CalibConfig(num_samples=num_samples, uniform_every=2, recon_samples=recon_samples, seed=calib_seed),
-        eval=EvalConfig(batch_size=16),
-        logger=LoggerConfig(mode="disabled"),
-        runtime=RuntimeConfig(cache_dir=str(cache_dir), progress=False),
+        cache_dir=cache_dir,
         seed=seed,
-    )
+    )  # fmt: skip
 
 
 def quantized_copy(unet_fp: nn.Module, config: Config) -> nn.Module:
     """A deep copy of ``unet_fp`` quantized by ``config`` (TIB layers flagged temporal)."""
-    unet_q = copy.deepcopy(unet_fp)
-    tib_names = set(get_adapter(unet_fp).tib().layer_names())
-    quantize_(unet_q, config.quant, config.model, config.method, temporal_names=tib_names)
-    return unet_q.eval()
+    return helpers.quantized_copy(unet_fp, config.quant, config.model, config.method)

@@ -19,10 +19,11 @@ def digits_unet(seed: int = 0) -> torch.nn.Module:
 
 def noise_batches(count: int = 3, batch: int = 8, seed: int = 1) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(batch, 1, 8, 8, generator=generator), torch.randint(0, 1000, (batch,), generator=generator).float())
-        for _ in range(count)
-    ]
+    batches = []
+    for _ in range(count):
+        noise = torch.randn(batch, 1, 8, 8, generator=generator)
+        batches.append((noise, torch.randint(0, 1000, (batch,), generator=generator).float()))
+    return batches
 
 
 def calibrated(unet: torch.nn.Module, w_bits: int, symmetric: bool, fp_patterns=FP_PATTERNS) -> Dict[str, LayerQParams]:

@@ -45,7 +45,8 @@ def test_round_trip_is_exact(tmp_path: Path, w_bits: int) -> None:
         assert torch.equal(again.weight_zero_point, params.weight_zero_point)
         assert (again.act_scale, again.act_zero_point, again.a_bits) == (params.act_scale, params.act_zero_point, 8)
         # packing the unpacked weights gives the same integer codes (idempotent grid)
-        assert torch.equal(quantize_weight_codes(restored[f"{name}.weight"], again), quantize_weight_codes(weight, params))
+        codes = quantize_weight_codes(weight, params)
+        assert torch.equal(quantize_weight_codes(restored[f"{name}.weight"], again), codes)
     packed_weights = {f"{name}.weight" for name in qparams}
     assert all(torch.equal(restored[k], v) for k, v in state_dict.items() if k not in packed_weights)
     model = digits_unet(seed=1)

@@ -4,49 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import nn
 
 from tfmq_exp.models.adapters import get_adapter, reconstruction_units, shortcut_split_points
-from tfmq_exp.models.digits import build_digits_unet
-
-SD_COMMON = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(16, 32),
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    norm_num_groups=8,
-)
-
-
-def build(form: str) -> nn.Module:
-    torch.manual_seed(0)
-    if form == "digits":
-        return build_digits_unet()
-    if form == "digits_ss":
-        return build_digits_unet(scale_shift=True)
-    if form == "digits_class":
-        return UNet2DModel(
-            sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-            norm_num_groups=8, attention_head_dim=32, num_class_embeds=10,
-        )  # fmt: skip
-    if form == "sd":
-        return UNet2DConditionModel(**SD_COMMON)
-    if form == "sd_class":
-        return UNet2DConditionModel(**SD_COMMON, num_class_embeds=10)
-    if form == "sdxl":
-        return UNet2DConditionModel(
-            **SD_COMMON, addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=16 + 6 * 8, use_linear_projection=True,
-        )  # fmt: skip
-    raise KeyError(form)
-
+from tfmq_exp.models.tiny import build_sd_unet, build_tiny_unet, build_unet2d
 
 FORMS = ["digits", "digits_ss", "digits_class", "sd", "sd_class", "sdxl"]
 DIGITS_FEATURES = [
@@ -71,7 +32,7 @@ EXPECTED_TIB = {
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
-    return {form: build(form).eval() for form in FORMS}
+    return {form: build_tiny_unet(form, seed=0) for form in FORMS}
 
 
 def test_unknown_model_class_is_rejected() -> None:
@@ -80,7 +41,7 @@ def test_unknown_model_class_is_rejected() -> None:
 
 
 def test_unsupported_addition_embedding_is_rejected() -> None:
-    unet = UNet2DConditionModel(**SD_COMMON, addition_embed_type="text")
+    unet = build_sd_unet(addition_embed_type="text")
     with pytest.raises(NotImplementedError, match="addition_embed_type='text'"):
         get_adapter(unet)
 
@@ -169,7 +130,7 @@ def test_class_conditional_embedding_needs_labels(models: dict) -> None:
 
 
 def test_features_use_replaced_modules() -> None:
-    unet = build("digits").eval()
+    unet = build_tiny_unet("digits", seed=0)
     adapter = get_adapter(unet)
     name = "mid_block.resnets.1"
     with torch.no_grad():
@@ -258,21 +219,14 @@ def test_example_inputs_run_the_forward(models: dict, form: str) -> None:
         assert kwargs["class_labels"].shape == (2,)
 
 
-UNET2D_SMALL = dict(
-    sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=8, attention_head_dim=32,
-)  # fmt: skip
-VARIANTS = {  # other ways the embedding is built; all must still match the forward bit for bit
-    "fourier": lambda: UNet2DModel(**UNET2D_SMALL, time_embedding_type="fourier"),
-    "class_timestep": lambda: UNet2DModel(**UNET2D_SMALL, class_embed_type="timestep"),
-    "resnet_downsampler": lambda: UNet2DModel(
-        **{**UNET2D_SMALL, "down_block_types": ("ResnetDownsampleBlock2D", "AttnDownBlock2D")}
-    ),
-    "lcm_timestep_cond": lambda: UNet2DConditionModel(**SD_COMMON, time_cond_proj_dim=16),
-    "class_concat_act": lambda: UNet2DConditionModel(
-        **SD_COMMON, class_embed_type="projection", projection_class_embeddings_input_dim=12,
-        class_embeddings_concat=True, time_embedding_act_fn="silu",
+VARIANTS = {  # other ways the embedding is built (digits or SD geometry); all must match the forward bit for bit
+    "fourier": lambda: build_unet2d(time_embedding_type="fourier"),
+    "class_timestep": lambda: build_unet2d(class_embed_type="timestep"),
+    "resnet_downsampler": lambda: build_unet2d(down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D")),
+    "lcm_timestep_cond": lambda: build_sd_unet(time_cond_proj_dim=16),
+    "class_concat_act": lambda: build_sd_unet(
+        class_embed_type="projection", projection_class_embeddings_input_dim=12, class_embeddings_concat=True,
+        time_embedding_act_fn="silu",
     ),  # fmt: skip
 }
 

@@ -6,38 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel, UNet2DModel
 
 from tfmq_exp.config.schema import ModelConfig
 from tfmq_exp.errors import MissingWeightsError
 from tfmq_exp.models.loading import load_unet
-
-
-def _tiny_condition_unet() -> UNet2DConditionModel:
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+from tfmq_exp.models.tiny import build_tiny_unet
 
 
 @pytest.mark.parametrize(
-    ("family", "build"),
-    [("unet2d", lambda: UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32), norm_num_groups=8,
-                                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))),
-     ("unet2d_condition", _tiny_condition_unet)],
-    ids=["unet2d", "unet2d_condition"],
+    ("family", "form"), [("unet2d", "digits"), ("unet2d_condition", "sd_shallow")], ids=["unet2d", "unet2d_condition"]
 )
-def test_model_path_loads_a_saved_unet(tmp_path: Path, family: str, build) -> None:
-    torch.manual_seed(0)
-    unet = build()
+def test_model_path_loads_a_saved_unet(tmp_path: Path, family: str, form: str) -> None:
+    unet = build_tiny_unet(form, seed=0)
     unet.save_pretrained(tmp_path / "unet")
     loaded = load_unet(ModelConfig(name="custom", family=family, path=str(tmp_path), subfolder="unet"))
     assert type(loaded) is type(unet) and not loaded.training

@@ -15,21 +15,12 @@ from torch import nn
 
 pytest.importorskip("transformers", reason="diffusers' StableDiffusionPipeline needs transformers")
 
-from tfmq_exp.config.schema import MethodConfig, ModelConfig, QuantConfig  # noqa: E402
+from tests.helpers import attach_fsc, method_config, model_config, quant_config, quantized_copy  # noqa: E402
 from tfmq_exp.models.adapters import get_adapter  # noqa: E402
 from tfmq_exp.models.tiny import SD_CROSS_ATTENTION_DIM, build_tiny_sd_pipeline  # noqa: E402
-from tfmq_exp.quant import (  # noqa: E402
-    QuantLinear,
-    TimestepContext,
-    attach_timestep_context,
-    enable_per_timestep,
-    iter_quant_modules,
-    observing_activations,
-    quantize_,
-)
+from tfmq_exp.quant import TimestepContext, iter_quant_modules, observing_activations  # noqa: E402
 from tfmq_exp.temporal.maintenance import install_cache, iter_cache_modules  # noqa: E402
 
-SD_FP_PATTERNS = ["conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*"]
 STEPS = 3
 IMAGE_SIZE = 16
 
@@ -47,19 +38,17 @@ def generate(pipeline, prompt_embeds: torch.Tensor, negative: torch.Tensor) -> n
     ).images  # fmt: skip
 
 
+def with_unet(pipeline, unet: nn.Module):
+    """The same stock pipeline class and components, with ``unet`` in place of the pipeline's UNet."""
+    swapped = type(pipeline)(**{**pipeline.components, "unet": unet}, requires_safety_checker=False)
+    swapped.set_progress_bar_config(disable=True)
+    return swapped
+
+
 def quantize_unet(unet_fp: nn.Module, timesteps: list[int]) -> tuple[nn.Module, TimestepContext]:
     """W8A8 copy of the UNet, activations calibrated on random inputs at ``timesteps`` (FSC on the TIB)."""
-    adapter = get_adapter(unet_fp)
-    tib_layers = adapter.tib().layer_names()
-    unet_q = copy.deepcopy(unet_fp)
-    quantize_(
-        unet_q, QuantConfig(name="w8a8", w_bits=8, a_bits=8), ModelConfig(name="sd", fp_patterns=SD_FP_PATTERNS),
-        MethodConfig(name="fsc", weight_init="minmax", fsc=True), temporal_names=set(tib_layers),
-    )  # fmt: skip
-    context = TimestepContext()
-    attach_timestep_context(unet_q, context)
-    quantized_tib = [unet_q.get_submodule(name) for name in tib_layers]
-    enable_per_timestep([m for m in quantized_tib if isinstance(m, QuantLinear)], timesteps, context)
+    unet_q = quantized_copy(unet_fp, quant_config(8, 8), model_config("sd"), method_config(name="fsc", fsc=True))
+    context = attach_fsc(unet_q, get_adapter(unet_fp).tib().layer_names(), timesteps)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad(), observing_activations(unet_q):
         for t in timesteps:
@@ -86,8 +75,7 @@ def setup():
 def test_quantized_unet_runs_inside_the_stock_pipeline(setup) -> None:
     pipeline, timesteps, prompt_embeds, negative, reference, unet_q, context = setup
     assert timesteps == [667, 334, 1]
-    quantized_pipeline = type(pipeline)(**{**pipeline.components, "unet": unet_q}, requires_safety_checker=False)
-    quantized_pipeline.set_progress_bar_config(disable=True)
+    quantized_pipeline = with_unet(pipeline, unet_q)
     assert sum(1 for _ in iter_quant_modules(quantized_pipeline.unet)) > 20
     seen: list[int] = []
     handle = unet_q.register_forward_pre_hook(lambda module, args: seen.append(context.current))
@@ -104,7 +92,5 @@ def test_cache_maintained_unet_runs_inside_the_stock_pipeline(setup) -> None:
     unet_cached = copy.deepcopy(unet_q)
     install_cache(unet_cached, pipeline.unet, context, timesteps, bits=8)
     assert sum(1 for _ in iter_cache_modules(unet_cached)) == 2 + len(get_adapter(pipeline.unet).tib().features)
-    cached_pipeline = type(pipeline)(**{**pipeline.components, "unet": unet_cached}, requires_safety_checker=False)
-    cached_pipeline.set_progress_bar_config(disable=True)
-    images = generate(cached_pipeline, prompt_embeds, negative)
+    images = generate(with_unet(pipeline, unet_cached), prompt_embeds, negative)
     assert np.isfinite(images).all() and psnr(reference, images) > 30.0

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-from diffusers import UNet2DConditionModel
 
-from tfmq_exp.config.schema import MethodConfig, ModelConfig, QuantConfig
-from tfmq_exp.models.digits import build_digits_unet
+from tests.helpers import digits_unet, method_config, model_config, quant_config
+from tfmq_exp.config.schema import ModelConfig
+from tfmq_exp.models.tiny import build_tiny_unet
 
-DIGITS_FP_PATTERNS = ["conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*"]
+__all__ = ["digits_model_config", "digits_unet", "method_config", "quant_config", "sqnr_db", "tiny_condition_unet"]
 
 
 def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
@@ -21,36 +19,9 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
 
 
 def digits_model_config() -> ModelConfig:
-    return ModelConfig(name="digits", fp_patterns=list(DIGITS_FP_PATTERNS))
+    return model_config("digits")
 
 
-def digits_unet(seed: int = 0) -> torch.nn.Module:
-    """The real digits UNet architecture with random weights drawn from ``seed``."""
-    torch.manual_seed(seed)
-    return build_digits_unet().eval()
-
-
-def tiny_condition_unet(seed: int = 0) -> UNet2DConditionModel:
-    """A tiny SD-like UNet with cross attention (random weights)."""
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).eval()
-
-
-def quant_config(w_bits: int = 8, a_bits: Optional[int] = 8, **overrides) -> QuantConfig:
-    return QuantConfig(name=f"w{w_bits}a{a_bits}", w_bits=w_bits, a_bits=a_bits, **overrides)
-
-
-def method_config(**overrides) -> MethodConfig:
-    overrides.setdefault("weight_init", "minmax")
-    return MethodConfig(name="test", **overrides)
+def tiny_condition_unet(seed: int = 0) -> torch.nn.Module:
+    """A tiny SD-like UNet with cross attention of width 16 (random weights): four transformer blocks."""
+    return build_tiny_unet("sd_shallow", seed)

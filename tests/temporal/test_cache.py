@@ -9,20 +9,11 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from tfmq_exp.config.schema import MethodConfig, ModelConfig, QuantConfig
+from tests.helpers import attach_fsc, method_config, model_config, quant_config, quantized_copy
 from tfmq_exp.errors import CacheMismatchError, UserError
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.tiny import build_tiny_unet
-from tfmq_exp.quant import (
-    QuantLinear,
-    TimestepContext,
-    attach_timestep_context,
-    enable_per_timestep,
-    fake_quantize,
-    observing_activations,
-    quantize_,
-    range_to_qparams,
-)
+from tfmq_exp.quant import TimestepContext, fake_quantize, observing_activations, range_to_qparams
 from tfmq_exp.temporal.cache import (
     CachedTemporalFeature,
     TimeEmbeddingPlaceholder,
@@ -34,7 +25,6 @@ from tfmq_exp.temporal.features import collect_temporal_features
 from tfmq_exp.temporal.maintenance import check_cache_timesteps, install_cache
 from tfmq_exp.temporal.observe import observe_temporal_features
 
-FP_PATTERNS = ["conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*"]
 NUM_STEPS = 5
 
 
@@ -51,17 +41,8 @@ def quantized_twin(
     timesteps = timesteps or sampler_timesteps()
     unet_fp = build_tiny_unet(form)
     adapter = get_adapter(unet_fp)
-    tib_layers = adapter.tib().layer_names()
-    unet_q = copy.deepcopy(unet_fp)
-    quantize_(
-        unet_q, QuantConfig(name="q", w_bits=w_bits, a_bits=a_bits), ModelConfig(name=form, fp_patterns=FP_PATTERNS),
-        MethodConfig(name="m", weight_init="minmax"), temporal_names=set(tib_layers),
-    )  # fmt: skip
-    context = TimestepContext()
-    attach_timestep_context(unet_q, context)
-    if fsc:
-        quantized = [unet_q.get_submodule(name) for name in tib_layers]
-        enable_per_timestep([module for module in quantized if isinstance(module, QuantLinear)], timesteps, context)
+    unet_q = quantized_copy(unet_fp, quant_config(w_bits, a_bits), model_config(form), method_config())
+    context = attach_fsc(unet_q, adapter.tib().layer_names() if fsc else [], timesteps)
     sample, _, kwargs = adapter.example_inputs(batch_size=2)
     with torch.no_grad(), observing_activations(unet_q):
         for t in timesteps:

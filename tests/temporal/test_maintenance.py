@@ -9,19 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import small_config
 from tests.temporal.test_cache import quantized_twin, sampler_timesteps, tib_modules
-from tfmq_exp.config.schema import (
-    CalibConfig,
-    Config,
-    EvalConfig,
-    LoggerConfig,
-    MethodConfig,
-    ModelConfig,
-    QuantConfig,
-    RuntimeConfig,
-    SamplerConfig,
-    SelectConfig,
-)
+from tfmq_exp.config.schema import Config, MethodConfig, ModelConfig, QuantConfig, SelectConfig
 from tfmq_exp.errors import UserError
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.tiny import build_sd_unet
@@ -39,11 +29,9 @@ from tfmq_exp.temporal.maintenance import apply_maintenance, cache_bits_for, ins
 
 
 def make_config(maintenance: str = "cache", a_bits: int | None = 8, **method: object) -> Config:
-    return Config(
-        model=ModelConfig(name="digits"), sampler=SamplerConfig(num_steps=5),
-        quant=QuantConfig(name="q", w_bits=8, a_bits=a_bits),
-        method=MethodConfig(name="m", maintenance=maintenance, **method),
-        calib=CalibConfig(), eval=EvalConfig(), logger=LoggerConfig(), runtime=RuntimeConfig(),
+    return small_config(
+        QuantConfig(name="q", w_bits=8, a_bits=a_bits), MethodConfig(name="m", maintenance=maintenance, **method),
+        model=ModelConfig(name="digits"), num_steps=5,
     )  # fmt: skip
 
 

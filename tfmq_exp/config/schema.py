@@ -31,6 +31,12 @@ def _check_range(key: str, value: Optional[int], bounds: tuple[int, int], allow_
         raise ValueError(f"{key}={value} is out of range: allowed {low}..{high}{extra}")
 
 
+def _check_fraction(key: str, value: float) -> None:
+    """``value`` must lie in the half-open interval [0, 1) (a momentum, a warm-up share)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{key}={value} is out of range: allowed [0, 1)")
+
+
 def _check_positive(key: str, value: float) -> None:
     if value <= 0:
         raise ValueError(f"{key}={value} must be > 0")
@@ -121,8 +127,7 @@ class QuantConfig:
         _check_range("quant.a_bits", self.a_bits, A_BITS_RANGE, allow_none=True)
         _check_range("quant.temporal_a_bits", self.temporal_a_bits, A_BITS_RANGE, allow_none=True)
         _check_choice("quant.act_range", self.act_range, ("minmax", "mse"))
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise ValueError(f"quant.ema_momentum={self.ema_momentum} is out of range: allowed [0, 1)")
+        _check_fraction("quant.ema_momentum", self.ema_momentum)
 
     @property
     def effective_temporal_a_bits(self) -> Optional[int]:
@@ -146,8 +151,7 @@ class ReconConfig:
         _check_range("method.recon.iters", self.iters, (1, 10_000_000))
         _check_positive("method.recon.batch_size", self.batch_size)
         _check_positive("method.recon.lr", self.lr)
-        if not 0.0 <= self.warmup < 1.0:
-            raise ValueError(f"method.recon.warmup={self.warmup} is out of range: allowed [0, 1)")
+        _check_fraction("method.recon.warmup", self.warmup)
 
 
 @dataclass

@@ -67,10 +67,10 @@ def sample_shape(unet: UNet2DModel) -> Tuple[int, int, int]:
 def noise_qparams(unet: UNet2DModel, fp_patterns: Sequence[str], batches: int = 4) -> Dict[str, LayerQParams]:
     """W8A8 parameters (symmetric weights) calibrated by min/max on Gaussian noise at random timesteps."""
     generator = torch.Generator().manual_seed(1)
-    examples = [
-        (torch.randn(8, *sample_shape(unet), generator=generator), torch.randint(0, 1000, (8,), generator=generator).float())
-        for _ in range(batches)
-    ]
+    examples = []
+    for _ in range(batches):
+        noise = torch.randn(8, *sample_shape(unet), generator=generator)
+        examples.append((noise, torch.randint(0, 1000, (8,), generator=generator).float()))
     return minmax_layer_qparams(unet, examples, w_bits=8, a_bits=8, fp_patterns=fp_patterns, weight_symmetric=True)
 
 

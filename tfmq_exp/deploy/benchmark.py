@@ -129,7 +129,9 @@ def _benchmark_ddim(variants, scheduler, batch: int, shape, repeats: int) -> dic
     calls = {v.name: (lambda run=v.run: ddim_sample(run, noise, scheduler)) for v in variants}
     summary = _summary(interleaved_times(calls, repeats, warmup=0))
     reference = outputs.get("fp32_eager")
-    sqnr = {name: _sqnr_db(out, reference) for name, out in outputs.items() if reference is not None and name != "fp32_eager"}
+    sqnr = {}
+    if reference is not None:
+        sqnr = {name: _sqnr_db(out, reference) for name, out in outputs.items() if name != "fp32_eager"}
     return {"variants": summary, "speedups": _ratios(summary), "sample_sqnr_db_vs_fp32_eager": sqnr}
 
 

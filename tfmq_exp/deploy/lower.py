@@ -111,9 +111,15 @@ def _layers_to_lower(
             f"per-timestep activation parameters (FSC) on {per_timestep} cannot be lowered: a static int8 graph "
             f"has one scale per tensor{hint}"
         )
+    too_wide = [name for name, params in kept.items() if params.a_bits > 8]
+    if too_wide:
+        raise ValueError(
+            f"{too_wide}: the int8 kernels take uint8 activations; activations above 8 bits cannot be lowered"
+        )
     for name, params in kept.items():
         if modules[name].weight.shape[0] != params.weight_scale.numel():
-            raise ValueError(f"{name}: {params.weight_scale.numel()} weight scales for {modules[name].weight.shape[0]} channels")
+            channels = modules[name].weight.shape[0]
+            raise ValueError(f"{name}: {params.weight_scale.numel()} weight scales for {channels} channels")
     return kept
 
 

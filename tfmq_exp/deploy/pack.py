@@ -175,7 +175,10 @@ def load_packed(path: str | os.PathLike) -> PackedCheckpoint:
 
 def float32_file_bytes(state_dict: Dict[str, torch.Tensor]) -> int:
     """Size of the float32 safetensors file of ``state_dict`` (the reference of the size ratio)."""
-    tensors = {key: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous() for key, v in state_dict.items()}
+    tensors = {
+        key: (value.detach().float() if value.is_floating_point() else value.detach()).contiguous()
+        for key, value in state_dict.items()
+    }
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "fp32.safetensors"
         save_file(tensors, str(path))

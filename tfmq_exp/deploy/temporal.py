@@ -144,7 +144,11 @@ class TemporalFeatureCache:
     @classmethod
     @torch.no_grad()
     def from_unet(
-        cls, unet: nn.Module, timesteps: Sequence[int] | torch.Tensor, sample_shape: Sequence[int], bits: Optional[int] = None
+        cls,
+        unet: nn.Module,
+        timesteps: Sequence[int] | torch.Tensor,
+        sample_shape: Sequence[int],
+        bits: Optional[int] = None,
     ) -> "TemporalFeatureCache":
         """Compute every ``e_i(t)`` with ``unet``'s (full-precision) TIB.
 
@@ -197,7 +201,10 @@ class TemporalFeatureCache:
         return {name: values[index] for name, values in self.features.items()}
 
     def nbytes(self) -> int:
-        """Storage size: ``bits`` per value plus a float32 scale and a uint8 zero point per ``(t, i)`` (fp32 otherwise)."""
+        """Storage bytes: ``bits`` per value plus a float32 scale and a uint8 zero point per ``(t, i)``.
+
+        Without ``bits``, 4 bytes (float32) per value.
+        """
         total = 0
         for values in self.features.values():
             if self.bits is None:

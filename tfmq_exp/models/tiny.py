@@ -6,7 +6,7 @@ calls with the same seed give identical weights. Forms (the adapter's ``form`` i
 - ``digits``: the embedded digits ``UNet2DModel`` (``unet2d``); ``digits_ss`` its scale-shift variant;
 - ``digits_class``: the digits geometry with a class embedding (``unet2d_class``);
 - ``sd``: an SD-1.x-form ``UNet2DConditionModel`` with cross attention (``sd``); ``sd_class`` adds a class
-  embedding (``sd_class``);
+  embedding (``sd_class``); ``sd_shallow`` is the SD form with one layer per block (``sd``);
 - ``sdxl``: the SD-XL form, ``addition_embed_type="text_time"`` (pooled text + size conditioning, ``sdxl``).
 
 :func:`build_tiny_sd_pipeline` wraps a tiny SD-form UNet, a tiny ``AutoencoderKL`` and a DDIM scheduler into
@@ -21,13 +21,24 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 from torch import nn
 
-from tfmq_exp.models.digits import build_digits_unet
+from tfmq_exp.models.digits import DIGITS_CHANNELS, DIGITS_SAMPLE_SIZE, build_digits_unet
 
 SD_CROSS_ATTENTION_DIM = 32
 SDXL_TEXT_EMBED_DIM = 16
 SDXL_TIME_EMBED_DIM = 8
 SDXL_NUM_TIME_IDS = 6
 
+DIGITS_COMMON: dict[str, Any] = dict(
+    sample_size=DIGITS_SAMPLE_SIZE,
+    in_channels=DIGITS_CHANNELS,
+    out_channels=DIGITS_CHANNELS,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+    attention_head_dim=32,
+)
 SD_COMMON: dict[str, Any] = dict(
     sample_size=8,
     in_channels=4,
@@ -42,13 +53,19 @@ SD_COMMON: dict[str, Any] = dict(
 )
 
 
+def build_unet2d(**overrides: Any) -> UNet2DModel:
+    """A ``UNet2DModel`` of the digits geometry (1 x 8 x 8, widths (32, 64), attention at 4 x 4).
+
+    Args:
+        overrides: constructor arguments replacing those of :data:`DIGITS_COMMON` (e.g. another time
+            embedding type or block type).
+    """
+    return UNet2DModel(**{**DIGITS_COMMON, **overrides})
+
+
 def build_digits_class_unet(num_classes: int = 10) -> UNet2DModel:
     """The digits geometry with an ``nn.Embedding`` class embedding added to ``h(t)``."""
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, attention_head_dim=32, num_class_embeds=num_classes,
-    )  # fmt: skip
+    return build_unet2d(num_class_embeds=num_classes)
 
 
 def build_sd_unet(**overrides: Any) -> UNet2DConditionModel:
@@ -63,6 +80,14 @@ def build_sd_unet(**overrides: Any) -> UNet2DConditionModel:
 def build_sd_class_unet(num_classes: int = 10) -> UNet2DConditionModel:
     """The SD form with a class embedding (``num_class_embeds``) added to ``h(t)``."""
     return build_sd_unet(num_class_embeds=num_classes)
+
+
+def build_sd_shallow_unet() -> UNet2DConditionModel:
+    """The SD form with one layer per block, widths (32, 64) and cross attention of width 16.
+
+    Four transformer blocks (down 0, mid, up 1 x 2), each with one self- and one cross-attention.
+    """
+    return build_sd_unet(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=16)
 
 
 def build_sdxl_unet() -> UNet2DConditionModel:
@@ -81,6 +106,7 @@ BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "digits_class": build_digits_class_unet,
     "sd": build_sd_unet,
     "sd_class": build_sd_class_unet,
+    "sd_shallow": build_sd_shallow_unet,
     "sdxl": build_sdxl_unet,
 }
 FORMS = tuple(BUILDERS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from torch import nn
 from tfmq_exp.quant.context import TimestepContext
 from tfmq_exp.quant.layout import apply_quantization_map, iter_attn_processors, iter_quant_modules, quantization_map
 from tfmq_exp.quant.spec import QuantizationMap
+from tfmq_exp.store import file_sha256
 
 ARTIFACT_FORMAT_VERSION = 1
 TENSOR_FILE = "model.safetensors"
@@ -75,15 +75,6 @@ def to_plain_config(config: Any) -> Dict[str, Any]:
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a dataclass, a DictConfig or a mapping, got {type(config).__name__}")
     return json.loads(json.dumps(config))
-
-
-def file_sha256(path: PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -15,13 +15,40 @@ import numpy as np  # noqa: E402
 
 from tfmq_exp.tracking.collect import RunRecord  # noqa: E402
 
+FIGURE_SIZE = (7.5, 4.5)
+
 
 def _bits_key(quant: str) -> tuple[int, int, str]:
     match = re.match(r"w(\d+)a(\d+)", quant)
     return (int(match.group(1)), int(match.group(2)), quant) if match else (99, 99, quant)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _new_axes() -> plt.Axes:
+    """The axes of a new report figure (every report plot has the same size)."""
+    _, ax = plt.subplots(figsize=FIGURE_SIZE)
+    return ax
+
+
+def _finish(ax: plt.Axes, path: Path, *, xlabel: str, ylabel: str, title: str, log_y: bool = False) -> Path:
+    """Label, grid and legend a report plot, then save its figure as a PNG at ``path`` and close it.
+
+    Args:
+        ax: the plot's axes (from :func:`_new_axes`).
+        path: the PNG file; its folder is created.
+        xlabel / ylabel / title: axis labels and title.
+        log_y: logarithmic y axis.
+
+    Returns:
+        ``path``.
+    """
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig = ax.figure
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -36,7 +63,7 @@ def fid_vs_bits(runs: Sequence[RunRecord], path: Path, model: str) -> Path:
     for run in runs:
         if "fid" in run.metrics:
             by_method[run.method][run.quant].append(run.metrics["fid"])
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax = _new_axes()
     x = np.arange(len(quants))
     for method, per_quant in sorted(by_method.items()):
         if method == "fp":
@@ -47,18 +74,15 @@ def fid_vs_bits(runs: Sequence[RunRecord], path: Path, model: str) -> Path:
         stds = [np.std(per_quant[q]) if per_quant.get(q) else np.nan for q in quants]
         ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=method)
     ax.set_xticks(x, quants)
-    ax.set_xlabel("quantization setting (weight bits / activation bits)")
-    ax.set_ylabel("FID (digits features, lower is better)")
-    ax.set_yscale("log")
-    ax.set_title(f"{model}: FID vs bit-width")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return _finish(
+        ax, path, xlabel="quantization setting (weight bits / activation bits)",
+        ylabel="FID (digits features, lower is better)", title=f"{model}: FID vs bit-width", log_y=True,
+    )  # fmt: skip
 
 
 def temporal_error_vs_timestep(runs: Sequence[RunRecord], path: Path, title: str) -> Path:
     """Mean (over features and seeds) relative MSE of temporal features per timestep, one line per method."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax = _new_axes()
     grouped: dict[str, list[list[float]]] = defaultdict(list)
     timesteps: list[int] = []
     for run in runs:
@@ -67,19 +91,16 @@ def temporal_error_vs_timestep(runs: Sequence[RunRecord], path: Path, title: str
             timesteps = run.temporal["timesteps"]
     for method, curves in sorted(grouped.items()):
         ax.plot(timesteps, np.mean(np.asarray(curves), axis=0), marker=".", label=method)
-    ax.set_yscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("timestep t (sampling runs right to left)")
-    ax.set_ylabel("temporal-feature relative MSE")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return _finish(
+        ax, path, xlabel="timestep t (sampling runs right to left)", ylabel="temporal-feature relative MSE",
+        title=title, log_y=True,
+    )  # fmt: skip
 
 
 def trajectory_vs_step(runs: Sequence[RunRecord], path: Path, title: str) -> Path:
     """Mean trajectory cosine similarity (quantized vs FP, same noise) per sampling step, per method."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax = _new_axes()
     grouped: dict[str, list[list[float]]] = defaultdict(list)
     for run in runs:
         if run.temporal.get("trajectory_cos"):
@@ -87,17 +108,15 @@ def trajectory_vs_step(runs: Sequence[RunRecord], path: Path, title: str) -> Pat
     for method, curves in sorted(grouped.items()):
         length = min(len(c) for c in curves)
         ax.plot(range(length), np.mean([c[:length] for c in curves], axis=0), label=method)
-    ax.set_xlabel("sampling step (x_T = 0 ... x_0)")
-    ax.set_ylabel("cos(x_t quantized, x_t full precision)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return _finish(
+        ax, path, xlabel="sampling step (x_T = 0 ... x_0)", ylabel="cos(x_t quantized, x_t full precision)",
+        title=title,
+    )  # fmt: skip
 
 
 def cost_vs_quality(runs: Sequence[RunRecord], path: Path, title: str) -> Path:
     """Calibration seconds vs FID, one marker per run, coloured by method."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax = _new_axes()
     grouped: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for run in runs:
         if run.method != "fp" and "fid" in run.metrics:
@@ -105,10 +124,7 @@ def cost_vs_quality(runs: Sequence[RunRecord], path: Path, title: str) -> Path:
     for method, points in sorted(grouped.items()):
         xs, ys = zip(*points)
         ax.scatter(xs, ys, label=method, alpha=0.8)
-    ax.set_xlabel("calibration time (s: capture + reconstruction + activation calibration)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return _finish(
+        ax, path, xlabel="calibration time (s: capture + reconstruction + activation calibration)",
+        ylabel="FID (lower is better)", title=title, log_y=True,
+    )  # fmt: skip

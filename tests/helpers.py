@@ -1,0 +1,113 @@
+"""Test-only helpers shared by every test package: small configs and quantized copies of tiny UNets.
+
+The tiny models themselves come from :mod:`tfmq_exp.models.tiny`; this module only adds what a test needs
+around them: the configs of a small, fast run and a quantized copy with its timestep context (FSC).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+from torch import nn
+
+from tfmq_exp.config.schema import (
+    CalibConfig,
+    Config,
+    EvalConfig,
+    LoggerConfig,
+    MethodConfig,
+    ModelConfig,
+    QuantConfig,
+    RuntimeConfig,
+    SamplerConfig,
+)
+from tfmq_exp.models.adapters import get_adapter
+from tfmq_exp.models.tiny import build_tiny_unet
+from tfmq_exp.quant import QuantLinear, TimestepContext, attach_timestep_context, enable_per_timestep, quantize_
+
+# Kept in full precision by the digits and SD-form configs: first and last convolution, the first linear of
+# h(t), the shortcut convolutions and the downsamplers.
+FP_PATTERNS = ["conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*"]
+
+
+def digits_unet(seed: int = 0) -> nn.Module:
+    """The real digits UNet architecture with random weights drawn from ``seed`` (eval mode)."""
+    return build_tiny_unet("digits", seed)
+
+
+def model_config(name: str = "digits", **overrides: object) -> ModelConfig:
+    """A :class:`ModelConfig` with :data:`FP_PATTERNS` (``overrides`` replace any field, patterns included)."""
+    overrides.setdefault("fp_patterns", list(FP_PATTERNS))
+    return ModelConfig(name=name, **overrides)
+
+
+def quant_config(w_bits: int = 8, a_bits: Optional[int] = 8, **overrides: object) -> QuantConfig:
+    """A :class:`QuantConfig` named ``w{w_bits}a{a_bits}`` unless ``overrides`` names it."""
+    overrides.setdefault("name", f"w{w_bits}a{a_bits}")
+    return QuantConfig(w_bits=w_bits, a_bits=a_bits, **overrides)
+
+
+def method_config(**overrides: object) -> MethodConfig:
+    """A :class:`MethodConfig` named ``test`` with min-max weight ranges (fast) unless ``overrides`` say otherwise."""
+    overrides.setdefault("name", "test")
+    overrides.setdefault("weight_init", "minmax")
+    return MethodConfig(**overrides)
+
+
+def small_config(
+    quant: QuantConfig,
+    method: MethodConfig,
+    *,
+    model: Optional[ModelConfig] = None,
+    num_steps: int = 4,
+    calib: Optional[CalibConfig] = None,
+    cache_dir: Union[str, Path, None] = None,
+    seed: int = 0,
+) -> Config:
+    """A small, fast run config: DDIM with ``num_steps`` steps, evaluation batches of 16, no W&B, no progress bars.
+
+    Args:
+        quant: the quantization setting under test.
+        method: the PTQ method under test.
+        model: the model config; :func:`model_config` (digits) when ``None``.
+        num_steps: sampling steps.
+        calib: the calibration-data config; the defaults when ``None``.
+        cache_dir: the run's artifact cache; ``None`` keeps :class:`RuntimeConfig`'s default.
+        seed: the run's seed.
+    """
+    runtime = {} if cache_dir is None else {"cache_dir": str(cache_dir)}
+    return Config(
+        model=model if model is not None else model_config(),
+        sampler=SamplerConfig(num_steps=num_steps),
+        quant=quant,
+        method=method,
+        calib=calib if calib is not None else CalibConfig(),
+        eval=EvalConfig(batch_size=16),
+        logger=LoggerConfig(mode="disabled"),
+        runtime=RuntimeConfig(progress=False, **runtime),
+        seed=seed,
+    )
+
+
+def quantized_copy(unet_fp: nn.Module, quant: QuantConfig, model: ModelConfig, method: MethodConfig) -> nn.Module:
+    """A deep copy of ``unet_fp`` quantized by the configs (eval mode), its TIB layers flagged temporal."""
+    unet_q = copy.deepcopy(unet_fp)
+    tib_names = set(get_adapter(unet_fp).tib().layer_names())
+    quantize_(unet_q, quant, model, method, temporal_names=tib_names)
+    return unet_q.eval()
+
+
+def attach_fsc(unet_q: nn.Module, layer_names: Iterable[str], timesteps: Sequence[int]) -> TimestepContext:
+    """Attach a fresh timestep context to ``unet_q``; give its quantized linears in ``layer_names`` FSC.
+
+    FSC (DESIGN 1.4): per-timestep activation parameters at ``timesteps``. With no layer names the context
+    is only attached.
+    """
+    context = TimestepContext()
+    attach_timestep_context(unet_q, context)
+    layers = [unet_q.get_submodule(name) for name in layer_names]
+    if layers:
+        enable_per_timestep([layer for layer in layers if isinstance(layer, QuantLinear)], timesteps, context)
+    return context
