@@ -82,3 +82,30 @@ def test_user_errors_are_one_line(arguments: list[str], expected: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.startswith("tfmq-exp: error:")]
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_as_a_sweep(composer, experiment: str) -> None:
+    cfg = composer([f"+experiment={experiment}"])
+    config = to_config(cfg)
+    assert config.runtime.progress is False
+    assert isinstance(config.runtime.threads, int) and config.runtime.threads >= 1
+
+
+def test_experiments_use_the_parallel_launcher_and_sweep_every_axis(conf_dir: Path) -> None:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=ablation"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    params = cfg.hydra.sweeper.params
+    assert set(params.method.split(",")) == {"fp", "naive", "ptq4dm", "qdiffusion", "tiar", "fsc", "tfmq", "tfmq_cache", "tfmq_select"}
+    assert {"w8a8", "w4a8", "w4a32", "w8a4", "w4a8t4"} == set(params.quant.split(","))
+    assert params.seed == "0,1,2" and set(params.model.split(",")) == {"digits", "digits_ss"}
+
+
+def test_threads_are_split_across_parallel_jobs() -> None:
+    from tfmq_exp.config.resolvers import threads_per_job
+
+    assert threads_per_job() >= 1  # outside a multirun a job gets every core
