@@ -65,6 +65,9 @@ def test_quantized_run_and_its_artifact_give_the_same_numbers(tmp_path: Path, me
     for key in ("rel_mse_mean", "cos_mean", "cos_min", "mismatch_rate", "trajectory_cos_final", "eps_rel_mse"):
         assert key in temporal, key
     assert 0 < first["model_size"]["ratio"] < 0.3 and first["metrics"]["eps_rel_mse"] > 0
+    if method == "tfmq_cache":  # the cache serves exactly the quantized FP features: error == quantization bound
+        assert first["cache"]["bits"] == 8 and first["cache"]["cache_bytes"] > 0
+        assert temporal["rel_mse_mean"] == pytest.approx(temporal["rel_mse_bound_cache"], rel=1e-3)
     artifact = tmp_path / "run" / "artifact"
     again = run_cli(tmp_path / "again", tmp_path / "cache", f"method={method}", *TINY_QUANT, f"artifact={artifact}")
     assert again["metrics"]["fid"] == first["metrics"]["fid"]

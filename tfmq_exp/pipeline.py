@@ -22,6 +22,7 @@ from tfmq_exp.eval.reference import fp_reference
 from tfmq_exp.eval.sampling import noise_fingerprint, sampling_timesteps
 from tfmq_exp.models.loading import load_unet
 from tfmq_exp.ptq import eps_rel_mse, quantize_for_method
+from tfmq_exp.temporal.cache import quantization_bound
 from tfmq_exp.temporal.diagnostics import diagnose_temporal_features, trajectory_cosine
 from tfmq_exp.temporal.observe import observe_temporal_features
 from tfmq_exp.tracking.temporal_figures import per_timestep_curves, temporal_heatmap
@@ -106,7 +107,8 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
         with timer("sampling_and_metrics"):
             result = evaluate(quantized.unet, config, real)
         with timer("diagnostics"):
-            summary.update(diagnose(quantized.unet, unet_fp, config, reference, result))
+            cache_bits = summary.get("cache", {}).get("bits")
+            summary.update(diagnose(quantized.unet, unet_fp, config, reference, result, cache_bits))
         log_temporal(summary, run_dir, tracking)
     summary["metrics"] = _metrics_with_reference(result, reference)
     # The noise-prediction error along the FP trajectory; zero by definition for the FP reference itself.
@@ -117,12 +119,19 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
     tracking.image("samples", grid, caption=f"{config.method.name} {summary['quant']}")
 
 
-def diagnose(unet_q: nn.Module, unet_fp: nn.Module, config: Config, reference: Evaluation, result: Evaluation) -> dict[str, Any]:
+def diagnose(
+    unet_q: nn.Module, unet_fp: nn.Module, config: Config, reference: Evaluation, result: Evaluation,
+    cache_bits: int | None = None,
+) -> dict[str, Any]:
     """Temporal-feature errors and mismatch, trajectory deviation and eps error (DESIGN 1.7, issue 9)."""
     timesteps = sampling_timesteps(config.sampler, config.model)
     fp_features = observe_temporal_features(unet_fp, timesteps)
     q_features = observe_temporal_features(unet_q, timesteps, feature_spec_unet=unet_fp)
     temporal = diagnose_temporal_features(fp_features, q_features).to_summary()
+    # Reference lines: what caching the exact FP features at 8 bits (or at the run's cache bit-width) costs.
+    temporal["rel_mse_bound_8bit"] = quantization_bound(fp_features, 8)
+    if cache_bits is not None:
+        temporal["rel_mse_bound_cache"] = quantization_bound(fp_features, cache_bits)
     assert reference.trajectory is not None and result.trajectory is not None
     cosines = trajectory_cosine(list(reference.trajectory), list(result.trajectory))
     temporal["trajectory_cos"] = cosines

@@ -291,3 +291,16 @@ class TimeEmbeddingPlaceholder(TimestepKeyedModule):
 
     def extra_repr(self) -> str:
         return f"out_features={self.out_features}, timesteps={len(self._rows)}, routed={len(self._routed)}"
+
+
+def quantization_bound(features: "TemporalFeatureSet", bits: int) -> float:
+    """Mean relative MSE of the full-precision features after per-(t, i) quantization to ``bits``.
+
+    This is the error a ``bits``-bit cache of exact features cannot go below (and, being exact, reaches): the
+    reference line for cache-based maintenance (DESIGN 1.5).
+    """
+    from tfmq_exp.temporal.diagnostics import temporal_feature_errors
+    from tfmq_exp.temporal.features import TemporalFeatureSet
+
+    quantized = {name: dequantize_rows(*quantize_rows(features[name], bits)) for name in features.names}
+    return temporal_feature_errors(features, TemporalFeatureSet(list(features.timesteps), quantized)).rel_mse_mean
