@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tfmq_exp.deploy.bench_setup import interleaved_times
-from tfmq_exp.deploy.benchmark import main, parse_args
+from tfmq_exp.deploy.benchmark import main, parse_args, run
 
 
 def test_calls_are_interleaved_after_warmup() -> None:
@@ -29,20 +29,21 @@ def test_eager_only_run_writes_report(tmp_path: Path, capsys: pytest.CaptureFixt
     out = tmp_path / "bench.json"
     argv = ["--models", "digits", "--variants", "fp32_eager", "--batch-sizes", "1,2", "--repeats", "2",
             "--ddim-steps", "2", "--ddim-batch", "2", "--ddim-repeats", "1", "--threads", "1", "--out", str(out)]
-    report = main(argv)
+    report = run(argv)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     forward = report["models"]["digits"]["forward"]
     assert set(forward) == {"1", "2"}
     assert len(forward["2"]["variants"]["fp32_eager"]["times_ms"]) == 2
     assert report["models"]["digits"]["ddim"]["variants"]["fp32_eager"]["median_ms"] > 0
     assert report["headline"] is None and "speedup_int8" not in capsys.readouterr().out
+    assert main(argv) is None  # the console script exits with status 0
 
 
 @pytest.mark.slow
 def test_int8_run_prints_headline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["--models", "digits", "--batch-sizes", "8", "--repeats", "2", "--ddim-steps", "2", "--ddim-batch", "8",
             "--ddim-repeats", "1", "--threads", "1", "--out", str(tmp_path / "bench.json")]
-    report = main(argv)
+    report = run(argv)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith("speedup_int8_vs_fp32_eager: ")
     assert lines[-1].startswith("speedup_int8_vs_fp32_compiled: ")

@@ -154,8 +154,8 @@ def _headline(results: Dict[str, dict]) -> Optional[dict]:
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """Entry point of ``tfmq-bench``; returns the results it writes to ``--out``."""
+def run(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the benchmark with command-line arguments ``argv``; returns the results it writes to ``--out``."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -176,6 +176,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"speedup_int8_vs_fp32_eager: {headline['int8_vs_fp32_eager']:.2f}")
         print(f"speedup_int8_vs_fp32_compiled: {headline['int8_vs_fp32_compiled']:.2f}")
     return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of ``tfmq-bench`` (returns nothing, so the console script exits with status 0)."""
+    run(argv)
 
 
 if __name__ == "__main__":

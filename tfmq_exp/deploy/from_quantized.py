@@ -1,0 +1,70 @@
+"""Bridge from a calibrated fake-quant UNet (``tfmq_exp.quant``) to the deployment format.
+
+Lowering uses the project's own calibration: the reconstructed (AdaRound) weight codes and the calibrated
+activation scales / zero points, exported with :func:`tfmq_exp.quant.export_layer_qparams` - nothing is
+re-calibrated. Supported: static activation parameters on every lowered layer, and per-timestep (FSC)
+parameters on the TIB's layers, which cache-based deployment removes from the graph. Not supported (clear
+errors): activations off (W4A32 has no integer kernel), Q-Diffusion's split activation quantizers, and
+per-timestep parameters outside the TIB.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+from torch import nn
+
+from tfmq_exp.deploy.qparams import LayerQParams
+from tfmq_exp.errors import UserError
+from tfmq_exp.quant import export_layer_qparams
+
+
+def deployment_inputs(
+    unet_q: nn.Module, unet_fp: nn.Module, removed_by_cache: Iterable[str] = ()
+) -> Tuple[nn.Module, Dict[str, LayerQParams]]:
+    """Return a float UNet holding the quantized weights on their grid, and its per-layer parameters.
+
+    Args:
+        unet_q: a calibrated quantized UNet (weights frozen or round-to-nearest).
+        unet_fp: its full-precision twin (copied; not modified).
+        removed_by_cache: names of layers a temporal-feature cache removes from the deployed graph; their
+            per-timestep (FSC) activation parameters are allowed and ignored.
+
+    Returns:
+        ``(float_unet, qparams)`` for :func:`tfmq_exp.deploy.lower_to_int8`. The float UNet's quantized layers
+        carry ``s (q - z)`` exactly, so re-quantizing them with ``qparams`` reproduces the codes.
+
+    Raises:
+        UserError: the quantized model uses a feature the integer kernels cannot run.
+    """
+    removed = set(removed_by_cache)
+    float_unet = copy.deepcopy(unet_fp).eval()
+    qparams: Dict[str, LayerQParams] = {}
+    for name, entry in export_layer_qparams(unet_q).items():
+        if "weight" not in entry:  # attention processors: their matmuls stay in floating point
+            continue
+        if entry.get("act_split") is not None:
+            raise UserError(f"{name} uses split activation quantizers (split_shortcut); lower a model quantized "
+                            "with method.split_shortcut=false")
+        act = entry["act"]
+        if act is None:
+            raise UserError(f"{name} has full-precision activations; integer kernels need a_bits <= 8 (e.g. w4a8)")
+        per_timestep: Optional[Dict[int, Tuple[float, int]]] = None
+        if act["timesteps"] is not None:
+            if name not in removed:
+                raise UserError(f"{name} has per-timestep (FSC) activation parameters; deployment supports them "
+                                "only on the TIB with cache-based maintenance (method=tfmq_cache)")
+            per_timestep = {int(t): (float(s), int(z)) for t, s, z in zip(act["timesteps"], act["scale"], act["zero_point"])}
+            scale, zero_point = float(act["scale"].max()), int(act["zero_point"][int(act["scale"].argmax())])
+        else:
+            scale, zero_point = float(act["scale"]), int(act["zero_point"])
+        weight = entry["weight"]
+        with torch.no_grad():
+            float_unet.get_submodule(name).weight.copy_(weight["dequantized"])
+        qparams[name] = LayerQParams(
+            weight_scale=weight["scale"], weight_zero_point=weight["zero_point"], w_bits=weight["bits"],
+            act_scale=scale, act_zero_point=zero_point, a_bits=act["bits"], act_per_timestep=per_timestep,
+        )
+    return float_unet, qparams
