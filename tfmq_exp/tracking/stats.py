@@ -24,7 +24,8 @@ class Estimate:
             return "-"
         text = f"{self.mean:.{digits}g}"
         if self.n > 1:
-            text += f" ± {self.std:.2g}"
+            spread = 0.0 if self.std <= 1e-9 * max(abs(self.mean), 1e-30) else self.std  # float noise of equal values
+            text += f" ± {spread:.2g}"
             if interval:
                 text += f" [{self.low:.{digits}g}, {self.high:.{digits}g}]"
         return text
