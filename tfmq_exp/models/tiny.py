@@ -21,24 +21,14 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 from torch import nn
 
-from tfmq_exp.models.digits import DIGITS_CHANNELS, DIGITS_SAMPLE_SIZE, build_digits_unet
+from tfmq_exp.models.digits import DIGITS_UNET_KWARGS, build_digits_unet
 
 SD_CROSS_ATTENTION_DIM = 32
 SDXL_TEXT_EMBED_DIM = 16
 SDXL_TIME_EMBED_DIM = 8
 SDXL_NUM_TIME_IDS = 6
 
-DIGITS_COMMON: dict[str, Any] = dict(
-    sample_size=DIGITS_SAMPLE_SIZE,
-    in_channels=DIGITS_CHANNELS,
-    out_channels=DIGITS_CHANNELS,
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=8,
-    attention_head_dim=32,
-)
+DIGITS_COMMON: dict[str, Any] = DIGITS_UNET_KWARGS
 SD_COMMON: dict[str, Any] = dict(
     sample_size=8,
     in_channels=4,
