@@ -67,6 +67,7 @@ def validate_arguments(arguments: list[str]) -> str | None:
 
 def run_task(cfg: DictConfig) -> float | None:
     """Dispatch the composed config to its task; returns the metric a sweeper would optimise (FID)."""
+    quiet_libraries()  # again: launcher workers (joblib, SLURM) are fresh processes
     try:
         config = to_config(cfg)
     except ValueError as error:
