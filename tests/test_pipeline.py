@@ -86,3 +86,16 @@ def test_artifact_for_another_config_fails_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("tfmq-exp: error:")]
     assert len(errors) == 1 and "quant.w_bits" in errors[0], result.stderr[-2000:]
+
+
+def test_missing_artifact_fails_in_one_line_before_any_sampling(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tfmq_exp", "method=naive", *TINY_QUANT, f"artifact={tmp_path / 'nowhere'}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "TFMQ_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=600,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tfmq-exp: error:")]
+    assert len(errors) == 1 and "artifact.json is missing" in errors[0], result.stderr[-2000:]
+    assert not (tmp_path / "cache" / "fp_reference").exists()

@@ -21,7 +21,7 @@ from tfmq_exp.eval.protocol import Evaluation, evaluate, real_images
 from tfmq_exp.eval.reference import fp_reference
 from tfmq_exp.eval.sampling import noise_fingerprint, sampling_timesteps
 from tfmq_exp.models.loading import load_unet
-from tfmq_exp.ptq import eps_rel_mse, quantize_for_method
+from tfmq_exp.ptq import check_artifact_path, eps_rel_mse, quantize_for_method
 from tfmq_exp.temporal.cache import quantization_bound
 from tfmq_exp.temporal.diagnostics import diagnose_temporal_features, trajectory_cosine
 from tfmq_exp.temporal.observe import observe_temporal_features
@@ -89,6 +89,7 @@ def run_pipeline(cfg: DictConfig, config: Config, run_dir: Path | None = None) -
 
 def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[str, Any], tracking: TrackingRun) -> None:
     store = ArtifactStore(config.runtime.cache_dir)
+    check_artifact_path(config)
     with timer("load"):
         unet_fp = load_unet(config.model)
         real = real_images(config)

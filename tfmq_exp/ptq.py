@@ -21,6 +21,7 @@ from tfmq_exp.errors import CacheMismatchError
 from tfmq_exp.eval.reference import weights_fingerprint
 from tfmq_exp.eval.sampling import sampling_timesteps
 from tfmq_exp.models.adapters import get_adapter
+from tfmq_exp.quant.artifact import META_FILE
 from tfmq_exp.quant import (
     ArtifactError,
     TimestepContext,
@@ -90,7 +91,7 @@ def quantize_for_method(
         )
         context = TimestepContext()
         attach_timestep_context(unet_q, context)
-    sections["quantization"] = {"layers": len(quant_map.layers) if hasattr(quant_map, "layers") else None}
+    sections["quantization"] = {"layers": len(quant_map.layers)}
     with timer("reconstruction"):
         fingerprint = weights_fingerprint(unet_fp)
         sections["reconstruction"] = reconstruct(
@@ -113,8 +114,18 @@ def quantize_for_method(
     return QuantizedModel(unet=unet_q, context=context, sections=sections)
 
 
+def check_artifact_path(config: Config) -> None:
+    """Fail at once (before any sampling) when ``artifact=DIR`` does not hold a quantized artifact."""
+    if config.artifact and not (Path(config.artifact) / META_FILE).is_file():
+        raise CacheMismatchError(
+            f"artifact={config.artifact} is not a quantized artifact ({META_FILE} is missing); pass the "
+            f"'{ARTIFACT_DIR}' directory of a finished quantized run"
+        )
+
+
 def load_quantized(unet_fp: nn.Module, config: Config, timer: StageTimer) -> QuantizedModel:
     """Rebuild a saved quantized model (``artifact=DIR``) without calibrating again."""
+    check_artifact_path(config)
     context = TimestepContext()
     with timer("load_artifact"):
         unet_q = copy.deepcopy(unet_fp)
