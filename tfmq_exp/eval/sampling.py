@@ -8,7 +8,7 @@ every method sampled with the same ``seed_set`` starts from the same noise (pair
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import lightning as L
 import torch
@@ -101,11 +101,8 @@ class DiffusionSampler(L.LightningModule):
         self.record_trajectory = record_trajectory
 
     def initial_noise(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """``x_T`` for each sample index, from per-sample CPU generators (device independent)."""
-        shape = (self.model_cfg.in_channels, self.model_cfg.sample_size, self.model_cfg.sample_size)
-        generators = [torch.Generator().manual_seed(sample_seed(self.seed_set, int(i))) for i in indices]
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators])  # [B, C, H, W]
-        return noise, generators
+        """``x_T`` for each sample index, and the generators that go on to draw its per-step noise."""
+        return initial_noise(self.model_cfg, self.seed_set, indices)
 
     @torch.no_grad()
     def predict_step(self, batch: torch.Tensor, batch_idx: int = 0) -> SampleBatch:
@@ -119,14 +116,15 @@ class DiffusionSampler(L.LightningModule):
                 recorded.append(x.detach().cpu())
             timestep = t.to(self.device)
             eps = self.unet(scheduler.scale_model_input(x, t), timestep).sample
-            x = self._step(scheduler, eps.cpu(), t, x.cpu(), generators).to(self.device)
+            x = self._step(scheduler, eps, t, x, generators)
         trajectory = torch.stack(recorded) if recorded else None
         return SampleBatch(indices=batch.cpu(), images=x.cpu(), trajectory=trajectory)
 
     def _step(
         self, scheduler: SchedulerMixin, eps: torch.Tensor, t: torch.Tensor, x: torch.Tensor, generators: list
     ) -> torch.Tensor:
-        # Per-step noise also comes from the per-sample generators (on the CPU, so devices agree).
+        # Per-step noise also comes from the per-sample CPU generators; diffusers' ``randn_tensor`` draws it on
+        # the CPU and moves it to the sample's device, so every device gets the same noise.
         if isinstance(scheduler, DDIMScheduler):
             return scheduler.step(eps, t, x, eta=self.sampler_cfg.eta, generator=generators).prev_sample
         return scheduler.step(eps, t, x, generator=generators).prev_sample
@@ -168,6 +166,16 @@ def generate(
     )
 
 
+def initial_noise(model: ModelConfig, seed_set: int, indices: Iterable[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """``x_T`` ``[B, C, H, W]`` of the given sample indices, from per-sample CPU generators (device independent).
+
+    Returns the generators too: they go on to draw each sample's per-step noise.
+    """
+    shape = (model.in_channels, model.sample_size, model.sample_size)
+    generators = [torch.Generator().manual_seed(sample_seed(seed_set, int(i))) for i in indices]
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]), generators
+
+
 def noise_fingerprint(model: ModelConfig, seed_set: int, num_samples: int) -> str:
     """sha256 of the initial noise ``x_T`` of samples ``0 .. num_samples - 1`` of a seed set.
 
@@ -175,9 +183,5 @@ def noise_fingerprint(model: ModelConfig, seed_set: int, num_samples: int) -> st
     """
     import hashlib
 
-    shape = (model.in_channels, model.sample_size, model.sample_size)
-    digest = hashlib.sha256()
-    for index in range(num_samples):
-        generator = torch.Generator().manual_seed(sample_seed(seed_set, index))
-        digest.update(torch.randn(shape, generator=generator).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    noise, _ = initial_noise(model, seed_set, range(num_samples))
+    return hashlib.sha256(noise.numpy().tobytes()).hexdigest()[:16]
