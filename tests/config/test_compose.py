@@ -105,7 +105,23 @@ def test_experiments_use_the_parallel_launcher_and_sweep_every_axis(conf_dir: Pa
     assert params.seed == "0,1,2" and set(params.model.split(",")) == {"digits", "digits_ss"}
 
 
-def test_threads_are_split_across_parallel_jobs() -> None:
+def test_threads_are_split_across_parallel_jobs(conf_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
     from tfmq_exp.config.resolvers import threads_per_job
 
-    assert threads_per_job() >= 1  # outside a multirun a job gets every core
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_job() == cores  # outside a multirun a job gets every core
+    monkeypatch.setenv("TFMQ_JOBS", "2")
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=ablation"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert threads_per_job() == max(1, cores // 2)
+    finally:
+        HydraConfig.instance().cfg = None
