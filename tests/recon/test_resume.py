@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.calib.helpers import quantized_copy
-from tests.recon.resume_config import resume_config
+from tests.calib.helpers import make_config, quantized_copy
+from tests.recon.resume_config import RESUME_PATTERNS, resume_config
 from tfmq_exp.quant import RoundingSchedule
 from tfmq_exp.recon import (
     BlockOutputObjective,
@@ -130,6 +130,22 @@ def test_invalid_checkpoints_are_recomputed(digits, reference, tmp_path: Path, c
         state, report = _resume(digits, other)
     assert "another setup" in caplog.text and report["resumed_units"] == []
     _assert_same_state(state, expected)
+
+
+def test_checkpoints_serve_every_activation_setting(digits, reference, tmp_path: Path, caplog) -> None:
+    """W4A8 checkpoints load unchanged into a W4A32 model (no activation or attention quantizers at all)."""
+    expected, _, source = reference
+    shutil.copytree(source, tmp_path / "shared")
+    unet, data = digits
+    config = make_config(tmp_path, tiar=True, recon=True, iters=30, lr=5e-3, quant_patterns=RESUME_PATTERNS, seed=5,
+                         a_bits=None)
+    unet_q = quantized_copy(unet, config)
+    with caplog.at_level(logging.WARNING, logger="tfmq_exp.recon"):
+        report = reconstruct(unet_q, unet, config, data, tmp_path / "shared")
+    assert report["resumed_units"] == UNITS and "does not fit" not in caplog.text
+    state = unet_q.state_dict()
+    weights = [key for key in state if "weight_quantizer" in key or key.endswith((".weight", ".bias"))]
+    assert weights and all(torch.equal(state[key], expected[key]) for key in weights)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tfmq_exp.tracking.collect import collect_runs
-from tfmq_exp.tracking.report import build_report
+from tfmq_exp.tracking.report import build_report, overview_table
 
 
 def test_multirun_report_has_a_row_per_method_and_its_plots(multirun_dir: Path) -> None:
@@ -46,3 +46,15 @@ def test_methods_of_a_sweep_saw_identical_initial_noise(multirun_dir: Path) -> N
     assert len({s["eval_noise"]["seed_set"] for s in summaries}) == 1
     for summary in summaries:  # and each started where its FP reference started
         assert summary["temporal"]["trajectory_cos"][0] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_overview_has_a_cell_per_method_and_quant_setting(multirun_dir: Path) -> None:
+    finished, _ = collect_runs(multirun_dir)
+    header, rows = overview_table(finished)
+    assert header[0] == "method" and sorted(header[1:]) == ["w4a8", "w8a8"]
+    assert [row[0] for row in rows] == ["naive", "tfmq"]
+    for row in rows:
+        for cell in row[1:]:
+            delta, error = cell.split(" / ")
+            assert delta[0] in "+-" and float(error) >= 0.0
+    assert "digits: overview" in build_report(multirun_dir).read_text()

@@ -1,7 +1,7 @@
 """Per-unit checkpoints that make reconstruction resumable.
 
 After a unit is finished its frozen state (the state dicts of its modules, including the hard-rounded weight
-codes) is written atomically to ``<dir>/<index>_<unit name>.safetensors`` and recorded in ``<dir>/manifest.json``
+codes, without activation-quantizer state) is written atomically to ``<dir>/<index>_<unit name>.safetensors`` and recorded in ``<dir>/manifest.json``
 (sha256, the unit's report entry). A rerun loads every unit whose checkpoint is valid instead of optimising
 it. The manifest carries a key of everything that determined the results (config, weights, plan); a directory
 written under another key is ignored (with a warning) and overwritten.
@@ -18,13 +18,13 @@ from typing import Any, Optional
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tfmq_exp.quant import QuantModule, iter_quant_modules
+from tfmq_exp.quant import ActQuantizer, QuantModule, iter_quant_modules
 from tfmq_exp.recon.units import ReconUnit
 from tfmq_exp.store import file_sha256
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: activation-quantizer state left out
 CODES_SUFFIX = "weight_quantizer.weight_codes"
 
 
@@ -36,11 +36,17 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(temporary, path)
 
 
+def _reconstructed_state(module: nn.Module) -> dict[str, Tensor]:
+    """``module``'s state dict without the state of its activation quantizers (calibrated after reconstruction)."""
+    skipped = tuple(f"{name}." for name, sub in module.named_modules() if name and isinstance(sub, ActQuantizer))
+    return {key: value for key, value in module.state_dict().items() if not key.startswith(skipped)}
+
+
 def unit_state(unet_q: nn.Module, unit: ReconUnit) -> dict[str, Tensor]:
     """The unit's state: ``<root>.<key>`` -> tensor for every module in ``unit.state_roots`` (cloned, CPU)."""
     state: dict[str, Tensor] = {}
     for root in unit.state_roots:
-        for key, value in unet_q.get_submodule(root).state_dict().items():
+        for key, value in _reconstructed_state(unet_q.get_submodule(root)).items():
             state[f"{root}.{key}"] = value.detach().cpu().clone().contiguous()
     return state
 
@@ -65,7 +71,7 @@ def _matches(unet_q: nn.Module, unit: ReconUnit, state: dict[str, Tensor]) -> Op
     expected = {
         f"{root}.{key}": value
         for root in unit.state_roots
-        for key, value in unet_q.get_submodule(root).state_dict().items()
+        for key, value in _reconstructed_state(unet_q.get_submodule(root)).items()
     }
     unfrozen = [name for name in unit.layer_names if f"{name}.{CODES_SUFFIX}" not in state]
     if unfrozen:
@@ -139,7 +145,8 @@ class UnitCheckpoints:
         for root in unit.state_roots:
             prefix = f"{root}."
             module = unet_q.get_submodule(root)
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+            # not strict: activation-quantizer keys are absent by design; _matches checked every other key
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=False)
         return dict(entry["report"])
 
     def save(self, unet_q: nn.Module, unit: ReconUnit, report: dict[str, Any]) -> None:

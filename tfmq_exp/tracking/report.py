@@ -10,7 +10,6 @@ taken per seed set before averaging.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -74,6 +73,26 @@ def quant_table(runs: Sequence[RunRecord], fp_runs: Sequence[RunRecord], baselin
     return rows
 
 
+def overview_table(model_runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """One model at a glance: a row per method, a column per quant setting.
+
+    Each cell is ``paired ΔFID vs fp / temporal rel. MSE``, both means over seed sets (the per-setting tables
+    carry the spread and intervals).
+    """
+    quants = sorted({run.quant for run in model_runs if run.method != "fp"}, key=_bits_key)
+    methods = sorted({run.method for run in model_runs if run.method != "fp"}, key=_order)
+    rows = []
+    for method in methods:
+        row = [method]
+        for quant in quants:
+            group = [run for run in model_runs if run.method == method and run.quant == quant]
+            delta = estimate(_values(group, "metrics", "fid_delta"))
+            error = estimate(_values(group, "temporal", "rel_mse_mean"))
+            row.append("-" if delta.n == 0 else f"{delta.mean:+.3f} / {error.mean:.2g}")
+        rows.append(row)
+    return ["method"] + quants, rows
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -97,6 +116,9 @@ def build_report(root: Path, out_dir: Path | None = None, baseline: str = "qdiff
     models = sorted({run.model for run in finished})
     for model in models:
         model_runs = [run for run in finished if run.model == model]
+        if any(run.method != "fp" for run in model_runs):
+            sections += ["", f"## {model}: overview (paired ΔFID vs fp / temporal rel. MSE, means over seed sets)", ""]
+            sections.append(_markdown_table(*overview_table(model_runs)))
         fp_runs = list({run.seed_set: run for run in model_runs if run.method == "fp"}.values())  # one per noise set
         for quant in sorted({run.quant for run in model_runs if run.method != "fp"}, key=_bits_key):
             quant_runs = [run for run in model_runs if run.quant == quant and run.method != "fp"]
