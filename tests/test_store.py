@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tfmq_exp.store import ArtifactStore, content_key, file_sha256
+import tfmq_exp.store as store_module
+from tfmq_exp.store import ArtifactStore, file_sha256
 
 PAYLOAD = {"model": "digits", "steps": 5}
 
@@ -39,10 +40,22 @@ def test_miss_then_hit(tmp_path: Path) -> None:
     assert not hit
 
 
+def test_entries_built_by_other_code_are_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ArtifactStore(tmp_path)
+    store.get_or_build("kind", PAYLOAD, _build())
+    monkeypatch.setattr(store_module, "code_fingerprint", lambda: "another-version")
+    _, _, hit = store.get_or_build("kind", PAYLOAD, _build())
+    assert not hit
+
+
+def test_code_fingerprint_covers_the_package_sources() -> None:
+    assert len(store_module.code_fingerprint()) == 16 and store_module.code_fingerprint() == store_module.code_fingerprint()
+
+
 def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = ArtifactStore(tmp_path)
     store.get_or_build("kind", PAYLOAD, _build())
-    tensor_file = store.entry_dir("kind", content_key(PAYLOAD)) / "tensors.safetensors"
+    tensor_file = store.entry_dir("kind", store.key(PAYLOAD)) / "tensors.safetensors"
     data = bytearray(tensor_file.read_bytes())
     data[-1] ^= 0xFF
     tensor_file.write_bytes(bytes(data))

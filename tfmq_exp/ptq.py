@@ -32,7 +32,7 @@ from tfmq_exp.quant import (
     save_artifact,
 )
 from tfmq_exp.recon.runner import reconstruction_settings
-from tfmq_exp.store import ArtifactStore, content_key
+from tfmq_exp.store import ArtifactStore
 from tfmq_exp.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> d
 
 def _reconstruction_dir(config: Config, store: ArtifactStore, fingerprint: str) -> Path:
     """Per-unit checkpoints live in the shared cache, keyed by what determines them (resumable, shared)."""
-    return store.root / "reconstruction" / content_key({"weights": fingerprint, **reconstruction_settings(config)})
+    return store.root / "reconstruction" / store.key({"weights": fingerprint, **reconstruction_settings(config)})
 
 
 def quantize_for_method(
@@ -100,7 +100,7 @@ def quantize_for_method(
     with timer("act_calibration"):
         calibrate_activations(
             unet_q, data, context, fsc_modules(unet_q, config.method),
-            device=config.runtime.device, progress=config.runtime.progress,
+            device=config.runtime.device, progress=config.runtime.progress, fsc_range=config.method.fsc_range,
         )
     if config.method.maintenance != "tib":
         from tfmq_exp.temporal.maintenance import apply_maintenance

@@ -1,7 +1,8 @@
 """A content-addressed, checksum-verified, process-safe store for run-independent artifacts.
 
 Calibration trajectories and full-precision references are expensive and shared by every run of a sweep.
-Each entry lives in ``<root>/<kind>/<key>/`` where ``key`` hashes everything that produced it; its tensors are
+Each entry lives in ``<root>/<kind>/<key>/`` where ``key`` hashes everything that produced it (including the
+package's own source code, so an entry built by another version of the code is never reused); its tensors are
 one safetensors file whose sha256 is recorded in ``meta.json``. Writers hold an exclusive ``fcntl`` lock on the
 entry and publish with an atomic rename, so parallel runs on a cold cache compute an entry once and never
 read a half-written one; a corrupt entry is detected, reported with a warning and rebuilt.
@@ -10,6 +11,7 @@ read a half-written one; a corrupt entry is detected, reported with a warning an
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +34,21 @@ def content_key(payload: Any) -> str:
     """A stable 16-hex-digit key of a JSON-serialisable description of what produced an artifact."""
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A 16-hex-digit hash of this package's Python sources (file names and contents).
+
+    Cached artifacts are keyed by it: an edit to how calibration data, references or reconstructions are
+    computed must not leave stale entries that a later run silently reuses.
+    """
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def file_sha256(path: Path) -> str:
@@ -58,6 +75,11 @@ class ArtifactStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    @staticmethod
+    def key(payload: Any) -> str:
+        """The entry key of ``payload``: its content key together with the code that builds the entry."""
+        return content_key({"code": code_fingerprint(), "payload": payload})
 
     def entry_dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -98,7 +120,7 @@ class ArtifactStore:
             payload: JSON-serialisable description of everything that determines the artifact.
             build: computes ``(tensors, info)``; ``info`` must be JSON-serialisable.
         """
-        entry = self.entry_dir(kind, content_key(payload))
+        entry = self.entry_dir(kind, self.key(payload))
         cached = self._read(entry)
         if cached is not None:
             return cached[0], cached[1], True

@@ -118,3 +118,21 @@ def test_enable_per_timestep_validates() -> None:
         ActQuantizer(8).enable_per_timestep([1, 1], TimestepContext())
     with pytest.raises(ValueError, match="distinct integers"):
         ActQuantizer(8).enable_per_timestep([1.5], TimestepContext())
+
+
+def test_per_timestep_mse_range_is_an_opt_in_ablation() -> None:
+    """FSC's per-timestep statistic is min / max (the paper's) unless ``mse`` is asked for; ``mse`` clips outliers."""
+    context = TimestepContext()
+    x = torch.randn(4096)
+    x[:4] = torch.tensor([40.0, -35.0, 30.0, -30.0])
+    paper, ablation = ActQuantizer(4), ActQuantizer(4)
+    paper.enable_per_timestep([7], context)
+    ablation.enable_per_timestep([7], context, range_method="mse")
+    calibrate(paper, [x], context, [7])
+    calibrate(ablation, [x], context, [7])
+    assert paper.timestep_scale[0] == pytest.approx(float(x.max() - x.min()) / 15)
+    assert ablation.timestep_scale[0] < paper.timestep_scale[0]
+    with context.at(7):
+        assert sqnr_db(x, ablation(x)) > sqnr_db(x, paper(x))
+    with pytest.raises(ValueError, match="range_method='lsq' is not valid"):
+        ActQuantizer(4).enable_per_timestep([7], context, range_method="lsq")

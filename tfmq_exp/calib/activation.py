@@ -115,6 +115,7 @@ def calibrate_activations(
     device: str = "cpu",
     progress: bool = False,
     seed: int = 0,
+    fsc_range: str = "minmax",
 ) -> None:
     """Calibrate every activation quantizer of ``unet_q`` on all calibration steps (FSC where requested).
 
@@ -129,6 +130,7 @@ def calibrate_activations(
         device: ``cpu``, ``cuda`` or ``auto`` (Lightning accelerator).
         progress: show the predict progress bar.
         seed: seed of the batch order.
+        fsc_range: range statistic of the per-timestep quantizers, ``minmax`` (the paper's) or ``mse``.
 
     Raises:
         RuntimeError: a quantizer (or a timestep of a per-timestep quantizer) observed nothing.
@@ -136,7 +138,7 @@ def calibrate_activations(
     if all(quantizer.is_identity for _, quantizer in iter_act_quantizers(unet_q)):
         return  # full-precision activations (e.g. W4A32): nothing to calibrate
     if per_timestep_modules:
-        enable_per_timestep(list(per_timestep_modules), data.timesteps, context)
+        enable_per_timestep(list(per_timestep_modules), data.timesteps, context, fsc_range)
     loader = DataLoader(CalibrationBatches(data, batch_size, seed), batch_size=None, shuffle=False)
     handle = attach_timestep_context(unet_q, context)
     training, place = unet_q.training, next(unet_q.parameters()).device

@@ -178,6 +178,7 @@ class MethodConfig:
         tiar: reconstruct the TIB first against full-precision temporal features (DESIGN 1.4).
         fsc: per-timestep activation parameters for temporal features (DESIGN 1.4).
         fsc_scope: ``tib`` (temporal features only) or ``all`` (every activation quantizer).
+        fsc_range: FSC's per-timestep range statistic: ``minmax`` (the paper's choice) or ``mse`` (ours, ablation).
         maintenance: ``tib`` (quantized TIB runs), ``cache`` (DESIGN 1.5) or ``select`` (DESIGN 1.6).
         cache_bits: bits of cached features; null means the activation bit-width.
         cache_fallback: run the TIB for timesteps missing from the cache instead of failing.
@@ -192,6 +193,7 @@ class MethodConfig:
     tiar: bool = False
     fsc: bool = False
     fsc_scope: str = "tib"
+    fsc_range: str = "minmax"
     maintenance: str = "tib"
     cache_bits: Optional[int] = None
     cache_fallback: bool = False
@@ -202,6 +204,7 @@ class MethodConfig:
         _check_choice("method.weight_init", self.weight_init, ("minmax", "shrink"))
         _check_choice("method.calib_steps", self.calib_steps, ("all", "uniform", "normal"))
         _check_choice("method.fsc_scope", self.fsc_scope, ("tib", "all"))
+        _check_choice("method.fsc_range", self.fsc_range, ("minmax", "mse"))
         _check_choice("method.maintenance", self.maintenance, ("tib", "cache", "select"))
         _check_range("method.cache_bits", self.cache_bits, (2, 16), allow_none=True)
 

@@ -9,8 +9,9 @@ before that raises. Range statistics:
 - ``mse``: per batch, the shrink candidate ``(1 - 0.01 i) [min, max]`` with the lowest MSE, then the same EMA.
 
 FSC (DESIGN 1.4): after :meth:`ActQuantizer.enable_per_timestep`, statistics and ``(s_t, z_t)`` are kept per
-timestep of a finite set (plain min / max over the batches seen at ``t``); the current ``t`` comes from a
-shared :class:`~tfmq_exp.quant.context.TimestepContext`.
+timestep of a finite set (plain min / max over the batches seen at ``t``, as the paper chose; or, as an ablation
+**(ours)**, the union of the per-batch ``mse`` ranges); the current ``t`` comes from a shared
+:class:`~tfmq_exp.quant.context.TimestepContext`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class ActQuantizer(nn.Module):
         self.observing = False
         self.context: Optional[TimestepContext] = None
         self._timestep_index: Dict[int, int] = {}
+        self.timestep_range_method = "minmax"  # FSC's range statistic (see enable_per_timestep)
         for name in ("scale", "zero_point", "observed_min", "observed_max"):
             self.register_buffer(name, torch.ones(()) if name == "scale" else torch.zeros(()))
         self.register_buffer("observed", torch.tensor(False))
@@ -102,14 +104,20 @@ class ActQuantizer(nn.Module):
         """The finite timestep set of per-timestep mode (empty list otherwise)."""
         return [] if self.timesteps is None else [int(t) for t in self.timesteps.tolist()]
 
-    def enable_per_timestep(self, timesteps: Sequence[int], context: Optional[TimestepContext]) -> None:
+    def enable_per_timestep(
+        self, timesteps: Sequence[int], context: Optional[TimestepContext], range_method: str = "minmax"
+    ) -> None:
         """Switch to per-timestep parameters for a finite set of timesteps (discards any calibration).
 
         Args:
             timesteps: the sampler's timesteps (distinct integers).
             context: the shared context giving the current timestep; may be ``None`` while only loading
                 state, then set with :meth:`set_context` before use.
+            range_method: per-timestep range statistic, ``minmax`` (the paper's) or ``mse``; it only matters
+                while calibrating (the resulting ``(s_t, z_t)`` are buffers).
         """
+        if range_method not in ACT_RANGE_METHODS:
+            raise ValueError(f"range_method={range_method!r} is not valid; choose one of: {ACT_RANGE_METHODS}")
         values = [int(t) for t in timesteps]
         if not values or len(set(values)) != len(values) or any(v != t for v, t in zip(values, timesteps)):
             raise ValueError(f"timesteps must be a non-empty list of distinct integers, got {list(timesteps)}")
@@ -122,6 +130,7 @@ class ActQuantizer(nn.Module):
         self.timestep_scale = torch.ones(count, device=device)
         self.timestep_zero_point = torch.zeros(count, device=device)
         self._timestep_index = {t: i for i, t in enumerate(values)}
+        self.timestep_range_method = range_method
         self._mark_calibrated(False)
         self.context = context
 
@@ -183,7 +192,8 @@ class ActQuantizer(nn.Module):
 
     def _batch_range(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = x.detach().float()
-        if self.range_method == "mse" and not self.per_timestep:
+        method = self.timestep_range_method if self.per_timestep else self.range_method
+        if method == "mse":
             batch_min, batch_max = shrink_search(x.reshape(1, -1), self.bits, p=2.0, steps=self.mse_steps)
             batch_min, batch_max = batch_min[0], batch_max[0]
         else:

@@ -230,7 +230,10 @@ def freeze_weights(module_or_model: nn.Module) -> int:
 
 
 def enable_per_timestep(
-    modules: Union[nn.Module, Sequence[nn.Module]], timesteps: Sequence[int], context: TimestepContext
+    modules: Union[nn.Module, Sequence[nn.Module]],
+    timesteps: Sequence[int],
+    context: TimestepContext,
+    range_method: str = "minmax",
 ) -> int:
     """Give every (non-identity) activation quantizer inside ``modules`` per-timestep parameters (FSC).
 
@@ -238,6 +241,7 @@ def enable_per_timestep(
         modules: a module (e.g. the whole UNet for ``fsc_scope=all``) or the TIB's layers.
         timesteps: the sampler's finite timestep set.
         context: the shared context (attach it to the UNet with ``attach_timestep_context``).
+        range_method: per-timestep range statistic, ``minmax`` (the paper's) or ``mse``.
 
     Returns:
         The number of quantizers switched.
@@ -247,7 +251,7 @@ def enable_per_timestep(
     for module in modules:
         for _, quantizer in iter_act_quantizers(module):
             if not quantizer.is_identity:
-                quantizer.enable_per_timestep(timesteps, context)
+                quantizer.enable_per_timestep(timesteps, context, range_method)
                 count += 1
     return count
 
