@@ -108,3 +108,25 @@ def test_two_cli_runs_at_once_on_a_cold_cache(tmp_path: Path) -> None:
     for meta in entries:
         assert json.loads(meta.read_text())["sha256"] == file_sha256(meta.parent / "tensors.safetensors")
     assert not list((tmp_path / "shared").rglob(".*.tmp*"))
+
+
+def _hold_lock(root: str, marker: str) -> None:
+    with ArtifactStore(root).locked(Path(root) / "reconstruction" / "abc"):
+        Path(marker).write_text("start")
+        time.sleep(1.0)
+        Path(marker).write_text("end")
+
+
+def test_locked_directory_makes_a_second_process_wait(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    child = multiprocessing.get_context("spawn").Process(target=_hold_lock, args=(str(tmp_path), str(marker)))
+    child.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with ArtifactStore(tmp_path).locked(tmp_path / "reconstruction" / "abc"):
+            assert marker.read_text() == "end"  # we got the lock only after the holder finished
+    finally:
+        child.join(60)
+    assert child.exitcode == 0

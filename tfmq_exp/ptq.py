@@ -93,10 +93,9 @@ def quantize_for_method(
         attach_timestep_context(unet_q, context)
     sections["quantization"] = {"layers": len(quant_map.layers)}
     with timer("reconstruction"):
-        fingerprint = weights_fingerprint(unet_fp)
-        sections["reconstruction"] = reconstruct(
-            unet_q, unet_fp, config, data, _reconstruction_dir(config, store, fingerprint), config.runtime.progress
-        )
+        recon_dir = _reconstruction_dir(config, store, weights_fingerprint(unet_fp))
+        with store.locked(recon_dir):  # a second run of the same reconstruction waits, then loads its checkpoints
+            sections["reconstruction"] = reconstruct(unet_q, unet_fp, config, data, recon_dir, config.runtime.progress)
     with timer("act_calibration"):
         calibrate_activations(
             unet_q, data, context, fsc_modules(unet_q, config.method),

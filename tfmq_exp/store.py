@@ -81,6 +81,13 @@ class ArtifactStore:
         """The entry key of ``payload``: its content key together with the code that builds the entry."""
         return content_key({"code": code_fingerprint(), "payload": payload})
 
+    @contextmanager
+    def locked(self, directory: Path) -> Iterator[None]:
+        """Hold the exclusive lock of ``directory`` (e.g. a reconstruction's checkpoints): concurrent runs that
+        need the same artifact wait for the first instead of computing it twice."""
+        with _locked(directory.parent / f".{directory.name}.lock"):
+            yield
+
     def entry_dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
