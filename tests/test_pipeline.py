@@ -65,6 +65,8 @@ def test_quantized_run_and_its_artifact_give_the_same_numbers(tmp_path: Path, me
     for key in ("rel_mse_mean", "cos_mean", "cos_min", "mismatch_rate", "trajectory_cos_final", "eps_rel_mse"):
         assert key in temporal, key
     assert 0 < first["model_size"]["ratio"] < 0.3 and first["metrics"]["eps_rel_mse"] > 0
+    per_step = first["temporal"]["eps_rel_mse_per_step"]
+    assert len(per_step) == len(first["temporal"]["timesteps"]) and all(value > 0 for value in per_step)
     if method == "tfmq_cache":  # the cache serves exactly the quantized FP features: error == quantization bound
         assert first["cache"]["bits"] == 8 and first["cache"]["cache_bytes"] > 0
         assert temporal["rel_mse_mean"] == pytest.approx(temporal["rel_mse_bound_cache"], rel=1e-3)

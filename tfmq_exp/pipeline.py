@@ -138,7 +138,7 @@ def diagnose(
     temporal["trajectory_cos"] = cosines
     temporal["trajectory_cos_final"] = cosines[-1]
     temporal["trajectory_cos_min"] = min(cosines)
-    temporal["eps_rel_mse"] = eps_rel_mse(unet_fp, unet_q, reference.trajectory, timesteps)
+    temporal.update(eps_rel_mse(unet_fp, unet_q, reference.trajectory, timesteps))
     return {"temporal": temporal}
 
 

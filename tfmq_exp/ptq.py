@@ -141,20 +141,27 @@ def load_quantized(unet_fp: nn.Module, config: Config, timer: StageTimer) -> Qua
 
 
 @torch.no_grad()
-def eps_rel_mse(unet_fp: nn.Module, unet_q: nn.Module, trajectory: torch.Tensor, timesteps: list[int]) -> float:
+def eps_rel_mse(
+    unet_fp: nn.Module, unet_q: nn.Module, trajectory: torch.Tensor, timesteps: list[int]
+) -> dict[str, float | list[float]]:
     """Noise-free diagnostic: relative MSE of the quantized noise prediction along the FP trajectory.
 
-    ``sum_t ||eps_q(x_t, t) - eps_fp(x_t, t)||^2 / sum_t ||eps_fp(x_t, t)||^2`` over every step of a fixed batch.
+    Returns:
+        ``eps_rel_mse``: ``sum_t ||eps_q(x_t, t) - eps_fp(x_t, t)||^2 / sum_t ||eps_fp(x_t, t)||^2`` over every
+        step of a fixed batch; ``eps_rel_mse_per_step``: the same ratio at each step, in sampling order.
 
     Args:
         trajectory: ``[S + 1, B, C, H, W]`` full-precision ``x_t`` (the last entry, ``x_0``, is not used).
         timesteps: the S sampling timesteps, in sampling order.
     """
-    error, energy = 0.0, 0.0
+    errors, energies = [], []
     for x_t, t in zip(trajectory[:-1], timesteps):
         timestep = torch.tensor(t)
         eps_fp = unet_fp(x_t, timestep).sample
         eps_q = unet_q(x_t, timestep).sample
-        error += float((eps_q - eps_fp).pow(2).sum())
-        energy += float(eps_fp.pow(2).sum())
-    return error / max(energy, 1e-12)
+        errors.append(float((eps_q - eps_fp).pow(2).sum()))
+        energies.append(float(eps_fp.pow(2).sum()))
+    return {
+        "eps_rel_mse": sum(errors) / max(sum(energies), 1e-12),
+        "eps_rel_mse_per_step": [error / max(energy, 1e-12) for error, energy in zip(errors, energies)],
+    }

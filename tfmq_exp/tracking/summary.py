@@ -6,7 +6,7 @@ Schema (version :data:`SUMMARY_VERSION`); sections are added by the stages that 
 - ``config``: the resolved config; ``versions``: package versions; ``run_dir``;
 - ``metrics``: ``fid``, ``kid``, ``kid_std``, ``isc``, ``isc_std``, ``precision``, ``recall``, ``num_samples``,
   ``seed_set``, and the full-precision reference under the same protocol ``fid_fp`` ... (``<name>_fp``), and
-  ``eps_rel_mse`` for quantized runs;
+  ``eps_rel_mse`` for quantized runs (per step in ``temporal.eps_rel_mse_per_step``);
 - ``timing``: seconds per stage and ``total_s``;
 - ``model_size``: quantized bits vs full precision; ``temporal``: temporal-feature diagnostics (DESIGN 1.7);
   ``selection``: disturbance-aware selection; ``cache``: cache-based maintenance.
