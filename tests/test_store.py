@@ -49,7 +49,8 @@ def test_entries_built_by_other_code_are_not_reused(tmp_path: Path, monkeypatch:
 
 
 def test_code_fingerprint_covers_the_package_sources() -> None:
-    assert len(store_module.code_fingerprint()) == 16 and store_module.code_fingerprint() == store_module.code_fingerprint()
+    fingerprint = store_module.code_fingerprint()
+    assert len(fingerprint) == 16 and fingerprint == store_module.code_fingerprint()
 
 
 def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

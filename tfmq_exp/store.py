@@ -131,7 +131,7 @@ class ArtifactStore:
         cached = self._read(entry)
         if cached is not None:
             return cached[0], cached[1], True
-        with _locked(entry.parent / f".{entry.name}.lock"):
+        with self.locked(entry):
             cached = self._read(entry)  # another process may have built it while we waited
             if cached is not None:
                 return cached[0], cached[1], True

@@ -1,10 +1,14 @@
 """Per-unit checkpoints that make reconstruction resumable.
 
 After a unit is finished its frozen state (the state dicts of its modules, including the hard-rounded weight
-codes, without activation-quantizer state) is written atomically to ``<dir>/<index>_<unit name>.safetensors`` and recorded in ``<dir>/manifest.json``
-(sha256, the unit's report entry). A rerun loads every unit whose checkpoint is valid instead of optimising
-it. The manifest carries a key of everything that determined the results (config, weights, plan); a directory
-written under another key is ignored (with a warning) and overwritten.
+codes) is written atomically to ``<dir>/<index>_<unit name>.safetensors`` and recorded in
+``<dir>/manifest.json`` (sha256, the unit's report entry). A rerun loads every unit whose checkpoint is valid
+instead of optimising it. The manifest carries a key of everything that determined the results (config,
+weights, plan); a directory written under another key is ignored (with a warning) and overwritten.
+
+Activation quantizers are left out of the state: reconstruction runs with activations in full precision and its
+key excludes the activation-only settings, so one checkpoint serves e.g. W4A8 and W4A32, whose modules differ
+only in their activation quantizers (present, or absent as in attention processors at 32 bits).
 """
 
 from __future__ import annotations

@@ -84,7 +84,9 @@ def capture_batch_size(config: Config) -> int:
 # its randomness comes from ``calib.seed`` (the run's ``seed`` picks the evaluation noise). Runs that differ only
 # in the fields below share their reconstruction: ``qdiffusion`` and ``fsc``; ``w4a8``, ``w4a32`` and ``w4a8t4``;
 # every evaluation seed set.
-POST_RECONSTRUCTION_FIELDS = ("name", "fsc", "fsc_scope", "fsc_range", "maintenance", "cache_bits", "cache_fallback", "select")
+POST_RECONSTRUCTION_FIELDS = (
+    "name", "fsc", "fsc_scope", "fsc_range", "maintenance", "cache_bits", "cache_fallback", "select",
+)
 ACTIVATION_ONLY_FIELDS = ("name", "a_bits", "temporal_a_bits", "act_range", "ema_momentum", "quantize_attention")
 
 
