@@ -184,7 +184,7 @@ def test_module_follows_the_rounding_schedule_and_is_seeded(digits, tmp_path: Pa
         layer = quantized_copy(unet, config).get_submodule(name)
         layer.set_quant_state(weight=True, act=False)
         layer.weight.requires_grad_(False)
-        alpha = layer.enable_adaround(soft=True)
+        (alpha,) = layer.enable_adaround(soft=True)
         start = alpha.detach().clone()
         regulariser = RoundingRegulariser(RoundingSchedule(iters=20, warmup=0.25), [layer.weight_quantizer], 0.01)
         module = ReconstructionModule(layer, BlockOutputObjective(CallTemplate(1, [], {})), regulariser, [alpha], 1e-2)

@@ -199,7 +199,7 @@ def enable_adaround(module_or_model: nn.Module, soft: bool = True) -> List[Weigh
     quantizers = []
     for module in _quant_modules_in(module_or_model):
         module.enable_adaround(soft=soft)
-        quantizers.append(module.weight_quantizer)
+        quantizers.extend(module.weight_quantizers())
     return quantizers
 
 

@@ -125,9 +125,13 @@ class QuantModule(nn.Module):
         """The weight used in ``forward`` (fake-quantized when ``use_weight_quant``)."""
         return self.weight_quantizer(self.weight) if self.use_weight_quant else self.weight
 
-    def enable_adaround(self, soft: bool = True) -> nn.Parameter:
-        """Start learned rounding for this layer's weight; returns the AdaRound variables ``alpha``."""
-        return self.weight_quantizer.enable_adaround(self.weight, soft=soft)
+    def weight_quantizers(self) -> List[WeightQuantizer]:
+        """Every weight quantizer of the layer (the rounding variables a reconstruction optimises)."""
+        return [self.weight_quantizer]
+
+    def enable_adaround(self, soft: bool = True) -> List[nn.Parameter]:
+        """Start learned rounding for this layer's weight; returns its AdaRound variables ``alpha``."""
+        return [self.weight_quantizer.enable_adaround(self.weight, soft=soft)]
 
     def freeze_weight(self) -> None:
         """Store the hard-rounded weight codes (drops ``alpha``); the float weight is kept."""
