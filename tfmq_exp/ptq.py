@@ -1,8 +1,10 @@
 """Post-training quantization of a denoiser as a method config prescribes (DESIGN 1.1-1.6).
 
-Stages, each timed: capture calibration data -> replace layers -> TIAR and block reconstruction ->
-activation calibration (FSC where asked) -> temporal maintenance (cache / selection) -> artifact. What runs is
-read from ``config.method``; nothing here branches on a method's *name*.
+Stages, each timed: capture calibration data -> replace layers -> [cache-based maintenance] -> TIAR ->
+[disturbance-aware selection, which installs its cache] -> block reconstruction -> activation calibration (FSC
+where asked) -> [Q-Diffusion's activation pass] -> artifact. The maintenance that runs at inference is installed
+before block reconstruction and activation calibration, so both are fitted to the features the model will see
+(DESIGN 1.5, 1.6). What runs is read from ``config.method``; nothing here branches on a method's *name*.
 """
 
 from __future__ import annotations
@@ -51,61 +53,101 @@ class QuantizedModel:
 def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> dict[str, Any]:
     """Storage in bits: quantized weights at their bit-width, other parameters at 32 bits, plus any cache.
 
-    Parameters that cache-based maintenance removed are no longer in ``unet_q`` and cost nothing.
+    Parameters that cache-based maintenance removed are no longer in ``unet_q`` and cost nothing. The weight of a
+    split layer (one parameter) counts half by half, each at its own weight quantizer's bit-width.
     """
-    weight_bits = {id(module.weight): module.weight_quantizer.bits for _, module in iter_quant_modules(unet_q)}
-    total = sum(weight_bits.get(id(p), 32) * p.numel() for p in unet_q.parameters()) + 8 * cache_bytes
+    weight_bits = {  # id(weight) -> bits of the whole weight, summed over its halves
+        id(module.weight): sum(quantizer.bits * part.numel() for _, quantizer, part in module.weight_parts())
+        for _, module in iter_quant_modules(unet_q)
+    }
+    total = sum(weight_bits.get(id(p), 32 * p.numel()) for p in unet_q.parameters()) + 8 * cache_bytes
     fp_bits = 32 * sum(p.numel() for p in unet_fp.parameters())
     quantized = sum(p.numel() for p in unet_q.parameters() if id(p) in weight_bits)
     return {"bits": total, "fp_bits": fp_bits, "ratio": total / fp_bits, "quantized_parameters": quantized,
             "cache_bytes": cache_bytes}
 
 
-def _reconstruction_dir(config: Config, store: ArtifactStore, fingerprint: str) -> Path:
+def _reconstruction_dir(config: Config, store: ArtifactStore, fingerprint: str, phase: str) -> Path:
     """Per-unit checkpoints live in the shared cache, keyed by what determines them (resumable, shared)."""
-    return store.root / "reconstruction" / store.key({"weights": fingerprint, **reconstruction_settings(config)})
+    return store.root / "reconstruction" / store.key({"weights": fingerprint, **reconstruction_settings(config, phase)})
+
+
+def _act_pass_dir(config: Config, store: ArtifactStore, fingerprint: str) -> Path:
+    """Per-unit checkpoints of the activation pass (they hold activation-quantizer state)."""
+    from tfmq_exp.recon.act_pass import act_pass_settings
+
+    return store.root / "act_reconstruction" / store.key({"weights": fingerprint, **act_pass_settings(config)})
+
+
+def _merge_reports(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """One ``reconstruction`` section from the TIAR and the block phase."""
+    return {
+        **first,
+        "units": {**first["units"], **second["units"]},
+        "resumed_units": first["resumed_units"] + second["resumed_units"],
+        "seconds": first["seconds"] + second["seconds"],
+        "converged": all(unit.get("converged", True) for unit in [*first["units"].values(), *second["units"].values()]),
+    }
 
 
 def quantize_for_method(
     unet_fp: nn.Module, config: Config, store: ArtifactStore, timer: StageTimer, run_dir: Path
 ) -> QuantizedModel:
     """Build the quantized denoiser of ``config.method`` (or load ``config.artifact``)."""
-    from tfmq_exp.calib.activation import calibrate_activations, fsc_modules
+    from tfmq_exp.calib.activation import activation_calibration_data, calibrate_activations, fsc_modules
     from tfmq_exp.calib.capture import load_or_capture
     from tfmq_exp.recon import reconstruct
+    from tfmq_exp.recon.act_pass import reconstruct_activations
+    from tfmq_exp.temporal.maintenance import apply_maintenance
 
     if config.artifact:
         return load_quantized(unet_fp, config, timer)
     adapter = get_adapter(unet_fp)
     tib = adapter.tib()
+    method = config.method
+    fingerprint = weights_fingerprint(unet_fp)
     sections: dict[str, Any] = {}
     with timer("capture"):
         data, hit = load_or_capture(unet_fp, config, store)
     sections["calibration"] = {"cache_hit": hit, "steps": len(data.timesteps), "samples": int(data.x.shape[1])}
     with timer("quantize"):
         unet_q = copy.deepcopy(unet_fp)
-        split_points = adapter.shortcut_split_points() if config.method.split_shortcut else None
+        split_points = adapter.shortcut_split_points() if method.split_shortcut else None
         quant_map = quantize_(
-            unet_q, config.quant, config.model, config.method, split_points=split_points,
+            unet_q, config.quant, config.model, method, split_points=split_points,
             temporal_names=set(tib.layer_names()),
         )
         context = TimestepContext()
         attach_timestep_context(unet_q, context)
     sections["quantization"] = {"layers": len(quant_map.layers)}
-    with timer("reconstruction"):
-        recon_dir = _reconstruction_dir(config, store, weights_fingerprint(unet_fp))
-        with store.locked(recon_dir):  # a second run of the same reconstruction waits, then loads its checkpoints
-            sections["reconstruction"] = reconstruct(unet_q, unet_fp, config, data, recon_dir, config.runtime.progress)
+    timesteps = sampling_timesteps(config.sampler, config.model)
+
+    def maintain() -> None:
+        with timer("maintenance"):
+            sections.update(apply_maintenance(unet_q, unet_fp, config, context, timesteps))
+
+    def reconstruct_phase(phase: str) -> dict[str, Any]:
+        directory = _reconstruction_dir(config, store, fingerprint, phase)
+        with timer("reconstruction"), store.locked(directory):  # a second run of it waits, then loads checkpoints
+            return reconstruct(unet_q, unet_fp, config, data, directory, config.runtime.progress, phase, context)
+
+    if method.quantize and method.maintenance == "cache":
+        maintain()  # before everything: the blocks are reconstructed against the cached features
+    tiar_report = reconstruct_phase("tiar")
+    if method.quantize and method.maintenance == "select":
+        maintain()  # after TIAR (the TIB option it compares), before the blocks
+    sections["reconstruction"] = _merge_reports(tiar_report, reconstruct_phase("blocks"))
     with timer("act_calibration"):
         calibrate_activations(
-            unet_q, data, context, fsc_modules(unet_q, config.method),
-            device=config.runtime.device, progress=config.runtime.progress, fsc_range=config.method.fsc_range,
+            unet_q, activation_calibration_data(data, config), context, fsc_modules(unet_q, method),
+            device=config.runtime.device, progress=config.runtime.progress, fsc_range=method.fsc_range,
         )
-    if config.method.maintenance != "tib":
-        from tfmq_exp.temporal.maintenance import apply_maintenance
-
-        with timer("maintenance"):
-            sections.update(apply_maintenance(unet_q, unet_fp, config, context, sampling_timesteps(config.sampler, config.model)))
+    if method.act_recon.enabled:
+        directory = _act_pass_dir(config, store, fingerprint)
+        with timer("act_reconstruction"), store.locked(directory):
+            sections["act_reconstruction"] = reconstruct_activations(
+                unet_q, unet_fp, config, data, directory, context=context, progress=config.runtime.progress
+            )
     sections["model_size"] = model_size(unet_q, unet_fp, sections.get("cache", {}).get("cache_bytes", 0))
     if config.save_artifact:
         save_artifact(run_dir / ARTIFACT_DIR, unet_q, config, extra={"sections": sections})

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from tests.helpers import digits_unet, method_config, model_config, quant_config, quantized_copy
+from tests.helpers import FP_PATTERNS, digits_unet, method_config, model_config, quant_config, quantized_copy
 from tfmq_exp.deploy.from_quantized import deployment_inputs
 from tfmq_exp.deploy.reference import FakeQuantReference
 from tfmq_exp.errors import UserError
@@ -19,8 +19,9 @@ def _calibrated(a_bits: int | None = 8, split: bool = False) -> tuple[torch.nn.M
     unet_fp = digits_unet(0)
     if split:
         unet_q = copy.deepcopy(unet_fp)
-        quantize_(unet_q, quant_config(w_bits=4, a_bits=a_bits), model_config(), method_config(split_shortcut=True),
-                  split_points=get_adapter(unet_fp).shortcut_split_points())
+        shortcuts_quantized = model_config(fp_patterns=[p for p in FP_PATTERNS if p != "*.conv_shortcut"])
+        quantize_(unet_q, quant_config(w_bits=4, a_bits=a_bits), shortcuts_quantized,
+                  method_config(split_shortcut=True), split_points=get_adapter(unet_fp).shortcut_split_points())
     else:
         unet_q = quantized_copy(unet_fp, quant_config(w_bits=4, a_bits=a_bits), model_config(), method_config())
     generator = torch.Generator().manual_seed(0)
@@ -48,7 +49,7 @@ def test_exported_parameters_reproduce_the_fake_quant_model() -> None:
 
 
 @pytest.mark.parametrize(("a_bits", "split", "message"), [(None, False, "full-precision activations"),
-                                                           (8, True, "split activation quantizers")],
+                                                           (8, True, "split activation / weight quantizers")],
                          ids=["w4a32", "split"])
 def test_unsupported_features_fail_clearly(a_bits: int | None, split: bool, message: str) -> None:
     unet_fp, unet_q = _calibrated(a_bits=a_bits, split=split)

@@ -185,12 +185,10 @@ def test_units_cover_every_layer_exactly_once(models: dict, form: str) -> None:
 def test_split_points_of_digits_by_hand(models: dict) -> None:
     # Skips pushed by the down path: conv_in 32@8x8, down0.resnet0 32@8x8, down0.downsampler 32@4x4,
     # down1.resnet0 64@4x4. Up path pops them from the end: up0.r0 = 64 (mid) + 64, up0.r1 = 64 + 32,
-    # up1.r0 = 64 (upsampled) + 32, up1.r1 = 32 + 32.
-    expected = {}
-    for resnet, channels in [("up_blocks.0.resnets.0", 64), ("up_blocks.0.resnets.1", 64),
-                             ("up_blocks.1.resnets.0", 64), ("up_blocks.1.resnets.1", 32)]:  # fmt: skip
-        expected[f"{resnet}.conv1"] = channels
-        expected[f"{resnet}.conv_shortcut"] = channels
+    # up1.r0 = 64 (upsampled) + 32, up1.r1 = 32 + 32. Only conv_shortcut is split (Q-Diffusion), not conv1.
+    expected = {f"{resnet}.conv_shortcut": channels
+                for resnet, channels in [("up_blocks.0.resnets.0", 64), ("up_blocks.0.resnets.1", 64),
+                                         ("up_blocks.1.resnets.0", 64), ("up_blocks.1.resnets.1", 32)]}  # fmt: skip
     assert shortcut_split_points(models["digits"]) == expected
 
 
@@ -200,10 +198,23 @@ def test_split_points_of_sd_by_hand(models: dict) -> None:
     splits = [32, 32, 32, 32, 16, 16]
     names = [f"up_blocks.{block}.resnets.{index}" for block in (0, 1) for index in range(3)]
     points = get_adapter(models["sd"]).shortcut_split_points()
-    layers = ("conv1", "conv_shortcut")
-    assert points == {f"{name}.{layer}": split for name, split in zip(names, splits) for layer in layers}
+    assert points == {f"{name}.conv_shortcut": split for name, split in zip(names, splits)}
     for name, split in zip(names, splits):
-        assert models["sd"].get_submodule(f"{name}.conv1").in_channels > split
+        assert models["sd"].get_submodule(f"{name}.conv_shortcut").in_channels > split
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_split_points_name_only_shortcut_convs_of_up_blocks(models: dict, form: str) -> None:
+    # Q-Diffusion (openaimodel.py:772-777, ResBlock._forward 275-278) splits only the skip connection's input:
+    # every up-block ResNet that consumes cat(h, skip) has exactly one split point, at its conv_shortcut.
+    unet = models[form]
+    points = get_adapter(unet).shortcut_split_points()
+    blocks = enumerate(unet.up_blocks)
+    up_resnets = [f"up_blocks.{i}.resnets.{j}" for i, block in blocks for j in range(len(block.resnets))]
+    assert sorted(points) == sorted(f"{name}.conv_shortcut" for name in up_resnets)
+    for name, split in points.items():
+        conv = unet.get_submodule(name)
+        assert isinstance(conv, nn.Conv2d) and 0 < split < conv.in_channels
 
 
 @pytest.mark.parametrize("form", FORMS)

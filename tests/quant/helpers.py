@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from tests.helpers import digits_unet, method_config, model_config, quant_config
+from tests.helpers import FP_PATTERNS, digits_unet, method_config, model_config, quant_config
 from tfmq_exp.config.schema import ModelConfig
 from tfmq_exp.models.tiny import build_tiny_unet
 
-__all__ = ["digits_model_config", "digits_unet", "method_config", "quant_config", "sqnr_db", "tiny_condition_unet"]
+__all__ = [
+    "digits_model_config", "digits_split_model_config", "digits_unet", "method_config", "quant_config", "sqnr_db",
+    "tiny_condition_unet",
+]  # fmt: skip
 
 
 def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
@@ -20,6 +23,11 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
 
 def digits_model_config() -> ModelConfig:
     return model_config("digits")
+
+
+def digits_split_model_config(**overrides: object) -> ModelConfig:
+    """The digits config with the shortcut convolutions quantized: where Q-Diffusion's shortcut split acts."""
+    return model_config("digits", fp_patterns=[p for p in FP_PATTERNS if p != "*.conv_shortcut"], **overrides)
 
 
 def tiny_condition_unet(seed: int = 0) -> torch.nn.Module:

@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from tests.quant.helpers import digits_model_config, digits_unet, method_config, quant_config, sqnr_db
+from tests.quant.helpers import (
+    digits_model_config,
+    digits_split_model_config,
+    digits_unet,
+    method_config,
+    quant_config,
+    sqnr_db,
+)
+from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant.api import (
     adaround_parameters,
     enable_adaround,
@@ -100,20 +108,31 @@ def test_temporal_bits_and_w4a32() -> None:
 
 def test_shortcut_split_uses_two_quantizers() -> None:
     unet = digits_unet()
-    splits = {"up_blocks.0.resnets.0.conv1": 64, "up_blocks.0.resnets.0.conv_shortcut": 64}
+    splits = get_adapter(unet).shortcut_split_points()  # the up blocks' conv_shortcut layers only
     quant_map = quantize_(
-        unet, quant_config(), digits_model_config(), method_config(split_shortcut=True), split_points=splits
+        unet, quant_config(), digits_split_model_config(), method_config(split_shortcut=True), split_points=splits
     )
-    conv1 = unet.up_blocks[0].resnets[0].conv1
-    assert conv1.split == 64 and quant_map["up_blocks.0.resnets.0.conv1"]["split"] == 64
-    assert conv1.act_quantizer_split is not None and conv1.act_quantizer_split is not conv1.act_quantizer
-    assert type(unet.up_blocks[0].resnets[0].conv_shortcut) is nn.Conv2d  # full precision: split ignored
-    assert unet.up_blocks[0].resnets[1].conv1.act_quantizer_split is None
-    not_split = digits_unet()
+    shortcut = unet.up_blocks[0].resnets[0].conv_shortcut
+    entry = quant_map["up_blocks.0.resnets.0.conv_shortcut"]
+    assert shortcut.split == 64 and entry["split"] == 64 and entry["weight_rounding_split"] == "nearest"
+    assert shortcut.act_quantizer_split is not None and shortcut.act_quantizer_split is not shortcut.act_quantizer
+    assert shortcut.weight_quantizers() == [shortcut.weight_quantizer, shortcut.weight_quantizer_split]
+    assert {name for name, module in iter_quant_modules(unet) if module.split} == set(splits)
+    conv1 = unet.up_blocks[0].resnets[0].conv1  # never split (Q-Diffusion splits the skip connection only)
+    assert conv1.act_quantizer_split is None and conv1.weight_quantizer_split is None
+    full_precision = digits_unet()  # the shipped configs keep conv_shortcut in full precision: no split at all
     quantize_(
-        not_split, quant_config(), digits_model_config(), method_config(split_shortcut=False), split_points=splits
+        full_precision, quant_config(), digits_model_config(), method_config(split_shortcut=True), split_points=splits
     )
-    assert not_split.up_blocks[0].resnets[0].conv1.act_quantizer_split is None
+    assert type(full_precision.up_blocks[0].resnets[0].conv_shortcut) is nn.Conv2d
+    assert not any(module.split for _, module in iter_quant_modules(full_precision))
+    not_split = digits_unet()
+    not_split_map = quantize_(
+        not_split, quant_config(), digits_split_model_config(), method_config(split_shortcut=False), split_points=splits
+    )
+    shortcut = not_split.up_blocks[0].resnets[0].conv_shortcut
+    assert shortcut.act_quantizer_split is None and shortcut.weight_quantizer_split is None
+    assert "weight_rounding_split" not in not_split_map["up_blocks.0.resnets.0.conv_shortcut"]
 
     # the two halves of cat(h, skip) have different ranges: separate quantizers keep the small half's grid
     conv = nn.Conv2d(8, 4, 3, padding=1)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from tests.quant.helpers import digits_model_config, digits_unet, method_config, quant_config
+from tests.quant.helpers import digits_model_config, digits_split_model_config, digits_unet, method_config, quant_config
+from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.digits import build_digits_unet
 from tfmq_exp.quant.api import enable_adaround, enable_per_timestep, freeze_weights, observing_activations, quantize_
 from tfmq_exp.quant.artifact import ArtifactError, load_artifact, save_artifact
@@ -32,7 +33,7 @@ TEMPORAL = {"time_embedding.linear_2"} | {
 
 def run_config(w_bits: int = 4, **quant_overrides) -> dict:
     return {
-        "model": dataclasses.asdict(digits_model_config()),
+        "model": dataclasses.asdict(digits_split_model_config()),
         "quant": dataclasses.asdict(quant_config(w_bits, 8, temporal_a_bits=6, **quant_overrides)),
         "method": dataclasses.asdict(method_config(split_shortcut=True, fsc=True)),
         "eval": {"num_samples": 10},
@@ -44,9 +45,9 @@ def build_quantized(context: TimestepContext) -> torch.nn.Module:
     quantize_(
         unet,
         quant_config(4, 8, temporal_a_bits=6),
-        digits_model_config(),
+        digits_split_model_config(),  # conv_shortcut quantized: the up blocks' shortcut convs are split
         method_config(split_shortcut=True, fsc=True),
-        split_points={"up_blocks.0.resnets.0.conv1": 64},
+        split_points=get_adapter(unet).shortcut_split_points(),
         temporal_names=TEMPORAL,
     )
     attach_timestep_context(unet, context)
@@ -54,11 +55,14 @@ def build_quantized(context: TimestepContext) -> torch.nn.Module:
     with torch.no_grad(), observing_activations(unet):
         for timestep in TIMESTEPS:
             unet(torch.randn(4, 1, 8, 8), torch.full((4,), timestep))
-    for block in (unet.mid_block.resnets[0], unet.mid_block.resnets[1]):
+    blocks = (unet.mid_block.resnets[0], unet.mid_block.resnets[1], unet.up_blocks[0].resnets[0],
+              unet.up_blocks[0].resnets[1])  # fmt: skip
+    for block in blocks:
         for quantizer in enable_adaround(block, soft=False):
             with torch.no_grad():
                 quantizer.alpha.add_(torch.randn_like(quantizer.alpha))  # a "learned" rounding
-    freeze_weights(unet.mid_block.resnets[0])  # frozen codes here, live AdaRound variables in resnets[1]
+    freeze_weights(blocks[0])  # frozen codes here, live AdaRound variables in blocks[1]
+    freeze_weights(blocks[2])  # the same for split layers: both halves frozen here, both live in blocks[3]
     return unet
 
 
@@ -82,13 +86,21 @@ def test_round_trip_is_bitwise_identical(saved) -> None:
     assert layers["mid_block.resnets.0.conv1"]["weight_rounding"] == "frozen"
     assert layers["mid_block.resnets.1.conv1"]["weight_rounding"] == "adaround"
     assert layers["mid_block.resnets.0.time_emb_proj"]["act_timesteps"] == {"act_quantizer": TIMESTEPS}
-    assert layers["up_blocks.0.resnets.0.conv1"]["split"] == 64
+    frozen_split = layers["up_blocks.0.resnets.0.conv_shortcut"]  # both halves frozen
+    live_split = layers["up_blocks.0.resnets.1.conv_shortcut"]  # both halves with live AdaRound variables
+    assert frozen_split["split"] == 64 and live_split["split"] == 64
+    assert "weight_rounding_split" not in layers["up_blocks.0.resnets.0.conv1"]  # conv1 is not split
+    assert frozen_split["weight_rounding"] == frozen_split["weight_rounding_split"] == "frozen"
+    assert live_split["weight_rounding"] == live_split["weight_rounding_split"] == "adaround"
 
     context = TimestepContext()
     fresh = build_digits_unet()  # different random float weights: everything must come from the artifact
     loaded = load_artifact(directory, fresh, run_config(), context=context)
     attach_timestep_context(loaded.unet, context)
     assert loaded.extra == {"seed": 0} and loaded.quant_map.summary()["QuantAttnProcessor"] == 4
+    shortcut = loaded.unet.up_blocks[0].resnets[0].conv_shortcut
+    assert shortcut.weight_quantizer_split.weight_codes.shape == (64, 64, 1, 1)  # weight[:, 64:] of a 128-in conv
+    assert loaded.unet.up_blocks[0].resnets[1].conv_shortcut.weight_quantizer_split.alpha.shape == (64, 32, 1, 1)
     with torch.no_grad():
         for timestep, expected in outputs.items():
             assert torch.equal(loaded.unet(sample, torch.full((2,), timestep)).sample, expected)
@@ -141,6 +153,19 @@ def test_corrupt_tensor_file_detected(saved, tmp_path: Path) -> None:
     (copy_dir / "artifact.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         load_artifact(copy_dir, build_digits_unet(), run_config())
+
+
+def test_map_of_an_activation_only_split_is_rejected(saved, tmp_path: Path) -> None:
+    # Before weight splits, a split layer had one weight quantizer and its map entry no weight_rounding_split.
+    directory, _, _ = saved
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
+    metadata = json.loads((directory / "artifact.json").read_text())
+    del metadata["quantization_map"]["layers"]["up_blocks.0.resnets.0.conv_shortcut"]["weight_rounding_split"]
+    (old / "artifact.json").write_text(json.dumps(metadata))
+    with pytest.raises(ArtifactError, match=r"up_blocks\.0\.resnets\.0\.conv_shortcut: a split layer recorded before"):
+        load_artifact(old, build_digits_unet(), run_config())
 
 
 def test_load_requires_fresh_float_unet(saved) -> None:

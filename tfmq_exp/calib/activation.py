@@ -13,6 +13,7 @@ whose order is shuffled with a fixed seed so the EMA does not favour the last sa
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -23,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from tfmq_exp.calib.capture import CalibrationData
 from tfmq_exp.calib.quant_state import quant_state
 from tfmq_exp.calib.quiet import quiet_lightning
-from tfmq_exp.config.schema import MethodConfig
+from tfmq_exp.calib.selection import select_steps
+from tfmq_exp.config.schema import Config, MethodConfig
 from tfmq_exp.eval.sampling import make_trainer
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import (
@@ -102,8 +104,7 @@ def fsc_modules(unet_q: nn.Module, method: MethodConfig) -> Optional[list[nn.Mod
         return None
     if method.fsc_scope == "all":
         return [unet_q]
-    names = get_adapter(unet_q).tib().layer_names()
-    return [unet_q.get_submodule(name) for name in names if isinstance(unet_q.get_submodule(name), QuantModule)]
+    return tib_layers(unet_q)
 
 
 def calibrate_activations(
@@ -149,3 +150,55 @@ def calibrate_activations(
     finally:
         handle.remove()
         unet_q.to(place).train(training)  # Lightning's teardown leaves the module on the CPU
+
+
+def activation_calibration_data(data: CalibrationData, config: Config) -> CalibrationData:
+    """The steps activation ranges are computed on (``method.act_calib_steps``).
+
+    ``all``: every sampling step (DESIGN 1.2; TFMQ-DM calibrates on all of them). ``recon_set``: the steps
+    ``method.calib_steps`` selects for reconstruction, as Q-Diffusion passes its calibration set to the activation
+    initialisation too (``scripts/sample_diffusion_ldm.py:537, 548`` at 715783d) and PTQ4DM calibrates its
+    quantizers on its NDTC set (``quant_image_sample.py:264-273`` at 180a4d1).
+    """
+    if config.method.act_calib_steps == "all":
+        return data
+    steps = select_steps(config.method.calib_steps, data.num_steps, config.calib)
+    return CalibrationData(data.x[steps], [data.timesteps[i] for i in steps], dict(data.conditioning))
+
+
+def tib_layers(unet_q: nn.Module) -> list[nn.Module]:
+    """The quantized TIB layers of ``unet_q`` (whose inputs are the temporal activations)."""
+    names = get_adapter(unet_q).tib().layer_names()
+    return [unet_q.get_submodule(name) for name in names if isinstance(unet_q.get_submodule(name), QuantModule)]
+
+
+@torch.no_grad()
+def calibrate_tib_activations(
+    unet_q: nn.Module, timesteps: Sequence[int], context: TimestepContext, per_timestep: bool, fsc_range: str = "minmax"
+) -> None:
+    """Calibrate the TIB's activation quantizers alone, from the TIB's own forward at each timestep.
+
+    The TIB's activations depend on ``t`` alone (and its weights), so one evaluation per ``t`` gives exactly the
+    ranges the full calibration pass gives them with FSC. Disturbance-aware selection needs them before block
+    reconstruction (DESIGN 1.6); the full pass later recomputes the same values.
+
+    Args:
+        unet_q: the quantized UNet (TIAR done).
+        timesteps: the sampler's finite timestep set.
+        context: the shared timestep context.
+        per_timestep: FSC (per-timestep parameters) on the TIB's quantizers.
+        fsc_range: FSC's range statistic.
+    """
+    layers = tib_layers(unet_q)
+    if not layers:
+        return
+    if per_timestep:
+        enable_per_timestep(layers, timesteps, context, fsc_range)
+    adapter = get_adapter(unet_q)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(quant_state(unet_q, weight=True, act=False))
+        for layer in layers:
+            stack.enter_context(observing_activations(layer))
+        for t in timesteps:
+            with context.at(t):
+                adapter.temporal_features([t])

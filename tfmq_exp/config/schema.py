@@ -107,9 +107,13 @@ class QuantConfig:
         w_bits: weight bits, 2..8.
         a_bits: activation bits, 4..16, or null for full-precision activations (W4A32).
         temporal_a_bits: bits of the TIB's activations alone; null means ``a_bits``.
-        act_range: activation range estimator, ``minmax`` (EMA) or ``mse`` (grid search).
+        softmax_bits: bits of the attention probabilities when ``method.attention_matmuls`` quantizes them;
+            its own value, never tied to ``a_bits`` (8 in both releases: Q-Diffusion ``--sm_abit 8``,
+            ``scripts/sample_diffusion_ldm.py:337-339``; TFMQ-DM ``--softmax_a_bit 8``, ``sample_diffusion_ldm.py:300``;
+            16 for Q-Diffusion's Stable Diffusion runs, its README lines 60-61).
+        act_range: activation range estimator, ``minmax`` (EMA) or ``mse`` (grid search); a method may override it
+            with ``method.act_range``.
         ema_momentum: momentum of the running min/max over calibration batches.
-        quantize_attention: also quantize q, k, softmax probabilities and v.
     """
 
     name: str = MISSING
@@ -118,14 +122,15 @@ class QuantConfig:
     temporal_a_bits: Optional[int] = None
     weight_lp: float = 2.4
     weight_shrink_steps: int = 80
+    softmax_bits: int = 8
     act_range: str = "minmax"
     ema_momentum: float = 0.95
-    quantize_attention: bool = True
 
     def __post_init__(self) -> None:
         _check_range("quant.w_bits", self.w_bits, W_BITS_RANGE)
         _check_range("quant.a_bits", self.a_bits, A_BITS_RANGE, allow_none=True)
         _check_range("quant.temporal_a_bits", self.temporal_a_bits, A_BITS_RANGE, allow_none=True)
+        _check_range("quant.softmax_bits", self.softmax_bits, A_BITS_RANGE)
         _check_choice("quant.act_range", self.act_range, ("minmax", "mse"))
         _check_fraction("quant.ema_momentum", self.ema_momentum)
 
@@ -136,29 +141,63 @@ class QuantConfig:
 
 @dataclass
 class ReconConfig:
-    """AdaRound block reconstruction (DESIGN 1.3); published values in comments."""
+    """AdaRound block reconstruction (DESIGN 1.3).
+
+    The defaults are the embedded benchmark's short schedule, chosen so every unit of the main job converges
+    (recorded per unit: ``undecided_fraction`` and ``loss_hard`` / ``loss_soft``); ``conf/recon/published.yaml``
+    is the published one (BRECQ ``main_imagenet.py:155-161`` at e455d62: 20 000 iterations, Adam lr 1e-3,
+    batch 32, lambda 0.01, warm-up 0.2, beta 20 -> 2; Q-Diffusion ``--cali_iters 20000``,
+    ``scripts/sample_diffusion_ldm.py:279-294`` at 715783d).
+    """
 
     enabled: bool = False
     iters: int = 500  # published: 20 000
     batch_size: int = 32  # published: 32
-    lr: float = 1e-3
+    lr: float = 3e-2  # published: 1e-3 (Adam's default, BRECQ block_recon.py:55-56)
     reg_lambda: float = 0.01
     warmup: float = 0.2
     beta_start: float = 20.0
     beta_end: float = 2.0
+    p: float = 2.0  # lp_loss exponent; the weight phase passes none, so 2.0 (Q-Diffusion block_recon.py:16)
 
     def __post_init__(self) -> None:
         _check_range("method.recon.iters", self.iters, (1, 10_000_000))
         _check_positive("method.recon.batch_size", self.batch_size)
         _check_positive("method.recon.lr", self.lr)
         _check_fraction("method.recon.warmup", self.warmup)
+        _check_positive("method.recon.p", self.p)
+
+
+@dataclass
+class ActReconConfig:
+    """Q-Diffusion's / BRECQ's activation pass: block-wise learning of activation step sizes (DESIGN 1.1).
+
+    After weight reconstruction and activation initialisation, each unit runs with weights and activations
+    quantized on full-precision inputs (``asym=False``) against the full-precision output, and Adam with cosine
+    decay learns every activation step size inside it (zero points fixed), loss ``lp_loss`` with ``p``, no
+    rounding term. Published: 5 000 iterations, lr 4e-4, p 2.4, batch 32 (Q-Diffusion
+    ``scripts/sample_diffusion_ldm.py:548-550`` and ``qdiff/block_recon.py:72-110`` at 715783d; BRECQ
+    ``main_imagenet.py:165-167, 231-242`` at e455d62).
+    """
+
+    enabled: bool = False
+    iters: int = 500  # published: 5 000
+    batch_size: int = 32
+    lr: float = 4e-4
+    p: float = 2.4
+
+    def __post_init__(self) -> None:
+        _check_range("method.act_recon.iters", self.iters, (1, 10_000_000))
+        _check_positive("method.act_recon.batch_size", self.batch_size)
+        _check_positive("method.act_recon.lr", self.lr)
+        _check_positive("method.act_recon.p", self.p)
 
 
 @dataclass
 class SelectConfig:
     """Disturbance-aware selection between TIB-based and cache-based maintenance (DESIGN 1.6)."""
 
-    metric: str = "block_output_mse"
+    metric: str = "feature_mse"  # the abstract: "temporal feature errors guide a fine-grained selection"
     per_timestep: bool = False
     cache_budget_bytes: Optional[int] = None
 
@@ -178,11 +217,21 @@ class MethodConfig:
         tiar: reconstruct the TIB first against full-precision temporal features (DESIGN 1.4).
         fsc: per-timestep activation parameters for temporal features (DESIGN 1.4).
         fsc_scope: ``tib`` (temporal features only) or ``all`` (every activation quantizer).
-        fsc_range: FSC's per-timestep range statistic: ``minmax`` (the paper's choice) or ``mse`` (ours, ablation).
-        maintenance: ``tib`` (quantized TIB runs), ``cache`` (DESIGN 1.5) or ``select`` (DESIGN 1.6).
+        fsc_range: FSC's per-timestep range statistic: ``minmax`` (the paper's choice: min/max over the batches
+            seen at ``t``), ``ema`` (the release's running min/max, momentum ``quant.ema_momentum``) or ``mse``
+            (ours, ablation).
+        maintenance: ``tib`` (quantized TIB runs), ``cache`` (DESIGN 1.5) or ``select`` (DESIGN 1.6); a cache is
+            installed before block reconstruction, so blocks are fitted to the features they see at inference.
         cache_bits: bits of cached features; null means the activation bit-width.
         cache_fallback: run the TIB for timesteps missing from the cache instead of failing.
         split_shortcut: Q-Diffusion's separate quantizers for the two halves of ``cat(h, skip)``.
+        act_recon: Q-Diffusion's activation pass (step sizes learned block by block), after activation init.
+        act_range: the method's activation range estimator (``minmax`` / ``mse``); null means ``quant.act_range``.
+        act_calib_steps: the steps activation ranges are computed on: ``all`` sampling steps, or ``recon_set``
+            (the steps ``calib_steps`` selects, so PTQ4DM's distribution reaches its activation ranges).
+        attention_matmuls: quantize q, k, the softmax probabilities and v (Q-Diffusion does,
+            ``qdiff/quant_block.py:35-40, 136-137, 159-160, 273-283``; the released TFMQ-DM never switches them on,
+            ``quant/quant_block.py:27-33, 281-282, 310, 338``).
     """
 
     name: str = MISSING
@@ -199,14 +248,31 @@ class MethodConfig:
     cache_fallback: bool = False
     split_shortcut: bool = False
     select: SelectConfig = field(default_factory=SelectConfig)
+    act_recon: ActReconConfig = field(default_factory=ActReconConfig)
+    act_range: Optional[str] = None
+    act_calib_steps: str = "all"
+    attention_matmuls: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("method.weight_init", self.weight_init, ("minmax", "shrink"))
         _check_choice("method.calib_steps", self.calib_steps, ("all", "uniform", "normal"))
         _check_choice("method.fsc_scope", self.fsc_scope, ("tib", "all"))
-        _check_choice("method.fsc_range", self.fsc_range, ("minmax", "mse"))
+        _check_choice("method.fsc_range", self.fsc_range, ("minmax", "mse", "ema"))
         _check_choice("method.maintenance", self.maintenance, ("tib", "cache", "select"))
         _check_range("method.cache_bits", self.cache_bits, (2, 16), allow_none=True)
+        _check_choice("method.act_calib_steps", self.act_calib_steps, ("all", "recon_set"))
+        if self.act_range is not None:
+            _check_choice("method.act_range", self.act_range, ("minmax", "mse"))
+        if self.fsc and self.act_recon.enabled:
+            raise ValueError(
+                "method.act_recon.enabled with method.fsc=true: the activation pass learns one step size per "
+                "quantizer, FSC keeps one per timestep (the released TFMQ-DM does not run the pass)"
+            )
+        if self.fsc and self.act_calib_steps != "all":
+            raise ValueError(
+                "method.act_calib_steps=recon_set with method.fsc=true: FSC needs every sampling timestep "
+                "calibrated; use act_calib_steps=all"
+            )
 
 
 @dataclass
@@ -216,7 +282,11 @@ class CalibConfig:
     Attributes:
         num_samples: trajectories recorded (each contributes one ``x_t`` per step).
         uniform_every: Q-Diffusion's stride over steps for ``calib_steps=uniform``.
-        normal_mean / normal_std / normal_skew: PTQ4DM's skewed normal over the step index, in [0, 1].
+        normal_mean / normal_std / normal_skew: PTQ4DM's distribution over the step position in [0, 1] (0 is the
+            noisiest step). Defaults from its released DNTC script, ``quant_sample_ddim_in_backward_DNTC.sh:3-13``
+            at 180a4d1: ``--calib_t_mode normal``, mean 0.4, std 0.4, over the sampling-loop index
+            (``improved-diffusion/scripts/quant_image_sample.py:53-56``: ``int(N(mean, std) * T)``, clamped); a
+            plain normal, so ``normal_skew`` is 0 (the paper's text calls it skewed without a shape).
         recon_samples: samples drawn from the selected steps to feed reconstruction.
         seed: seed of the recorded trajectories (independent of the evaluation noise).
     """
@@ -224,8 +294,8 @@ class CalibConfig:
     num_samples: int = 128
     uniform_every: int = 5
     normal_mean: float = 0.4
-    normal_std: float = 0.25
-    normal_skew: float = 2.0
+    normal_std: float = 0.4
+    normal_skew: float = 0.0
     recon_samples: int = 1024
     seed: int = 1234
 

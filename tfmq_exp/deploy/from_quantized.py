@@ -4,8 +4,8 @@ Lowering uses the project's own calibration: the reconstructed (AdaRound) weight
 activation scales / zero points, exported with :func:`tfmq_exp.quant.export_layer_qparams` - nothing is
 re-calibrated. Supported: static activation parameters on every lowered layer, and per-timestep (FSC)
 parameters on the TIB's layers, which cache-based deployment removes from the graph. Not supported (clear
-errors): activations off (W4A32 has no integer kernel), Q-Diffusion's split activation quantizers, and
-per-timestep parameters outside the TIB.
+errors): activations off (W4A32 has no integer kernel), Q-Diffusion's split activation / weight quantizers
+(two sets of parameters for one layer), and per-timestep parameters outside the TIB.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def deployment_inputs(
     for name, entry in export_layer_qparams(unet_q).items():
         if "weight" not in entry:  # attention processors: their matmuls stay in floating point
             continue
-        if entry.get("act_split") is not None:
-            raise UserError(f"{name} uses split activation quantizers (split_shortcut); lower a model quantized "
-                            "with method.split_shortcut=false")
+        if entry.get("act_split") is not None or entry.get("weight_split") is not None:
+            raise UserError(f"{name} uses split activation / weight quantizers (split_shortcut); lower a model "
+                            "quantized with method.split_shortcut=false")
         act = entry["act"]
         if act is None:
             raise UserError(f"{name} has full-precision activations; integer kernels need a_bits <= 8 (e.g. w4a8)")

@@ -27,6 +27,7 @@ from tfmq_exp.quant.weight_range import shrink_search
 
 ACT_BITS_RANGE = (4, 16)
 ACT_RANGE_METHODS = ("minmax", "mse")
+TIMESTEP_RANGE_METHODS = ("minmax", "mse", "ema")  # FSC: "ema" is the released TFMQ-DM's per-timestep running stat
 PER_TIMESTEP_BUFFERS = (
     "timesteps",  # [T] int64: the calibrated timestep set
     "timestep_min",  # [T] running min per timestep
@@ -113,11 +114,12 @@ class ActQuantizer(nn.Module):
             timesteps: the sampler's timesteps (distinct integers).
             context: the shared context giving the current timestep; may be ``None`` while only loading
                 state, then set with :meth:`set_context` before use.
-            range_method: per-timestep range statistic, ``minmax`` (the paper's) or ``mse``; it only matters
-                while calibrating (the resulting ``(s_t, z_t)`` are buffers).
+            range_method: per-timestep range statistic: ``minmax`` (the paper's: min / max over the batches seen at
+                ``t``), ``ema`` (the released code's: EMA of the batch min / max with ``momentum``,
+                TFMQ-DM ``quant/quant_layer.py:229-244``) or ``mse``; it only matters while calibrating.
         """
-        if range_method not in ACT_RANGE_METHODS:
-            raise ValueError(f"range_method={range_method!r} is not valid; choose one of: {ACT_RANGE_METHODS}")
+        if range_method not in TIMESTEP_RANGE_METHODS:
+            raise ValueError(f"range_method={range_method!r} is not valid; choose one of: {TIMESTEP_RANGE_METHODS}")
         values = [int(t) for t in timesteps]
         if not values or len(set(values)) != len(values) or any(v != t for v, t in zip(values, timesteps)):
             raise ValueError(f"timesteps must be a non-empty list of distinct integers, got {list(timesteps)}")
@@ -193,7 +195,7 @@ class ActQuantizer(nn.Module):
     def _batch_range(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = x.detach().float()
         method = self.timestep_range_method if self.per_timestep else self.range_method
-        if method == "mse":
+        if method == "mse":  # "ema" observes plain batch min / max, like "minmax"
             batch_min, batch_max = shrink_search(x.reshape(1, -1), self.bits, p=2.0, steps=self.mse_steps)
             batch_min, batch_max = batch_min[0], batch_max[0]
         else:
@@ -214,7 +216,10 @@ class ActQuantizer(nn.Module):
         batch_min, batch_max = self._batch_range(x)
         if self.per_timestep:
             index = self.current_index()
-            if bool(self.timestep_observed[index]):
+            if bool(self.timestep_observed[index]) and self.timestep_range_method == "ema":
+                batch_min = self.momentum * self.timestep_min[index] + (1.0 - self.momentum) * batch_min
+                batch_max = self.momentum * self.timestep_max[index] + (1.0 - self.momentum) * batch_max
+            elif bool(self.timestep_observed[index]):
                 batch_min = torch.minimum(batch_min, self.timestep_min[index])
                 batch_max = torch.maximum(batch_max, self.timestep_max[index])
             self.timestep_min[index] = batch_min
@@ -262,6 +267,40 @@ class ActQuantizer(nn.Module):
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point)
         self._mark_calibrated(True)
+
+    # ------------------------------------------------------- step-size learning
+    @property
+    def _scale_name(self) -> str:
+        return "timestep_scale" if self.per_timestep else "scale"
+
+    def learn_scale(self) -> nn.Parameter:
+        """Turn the step size(s) in use into a trainable parameter (Q-Diffusion's activation pass).
+
+        As Q-Diffusion's ``leaf_param`` (``qdiff/quant_layer.py:69-72`` at 715783d): ``delta`` becomes an
+        ``nn.Parameter``, the zero point stays fixed, and the straight-through round of :func:`fake_quantize`
+        gives ``delta`` its gradient. The state-dict key does not change. Undo with :meth:`fix_scale`.
+
+        Returns:
+            The parameter (``scale``, or ``timestep_scale`` in per-timestep mode).
+        """
+        if self.is_identity or not self.is_calibrated:
+            raise RuntimeError("learn_scale() needs a calibrated, non-identity activation quantizer")
+        name = self._scale_name
+        value = getattr(self, name)
+        if isinstance(value, nn.Parameter):
+            return value
+        delattr(self, name)
+        parameter = nn.Parameter(value.detach().clone())
+        self.register_parameter(name, parameter)
+        return parameter
+
+    def fix_scale(self) -> None:
+        """Back to a buffer holding the learned step size(s) (no-op when not learning)."""
+        for name in ("scale", "timestep_scale"):
+            value = getattr(self, name)
+            if isinstance(value, nn.Parameter):
+                delattr(self, name)
+                self.register_buffer(name, value.detach().clone())
 
     # ------------------------------------------------------------- inference
     def qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -76,9 +76,11 @@ def quantize_(
         unet: the float denoiser (modified in place).
         quant_cfg: bit-widths and quantizer settings.
         model_cfg: ``quant_patterns`` / ``fp_patterns`` select the layers.
-        method_cfg: ``weight_init`` and ``split_shortcut``; with ``quantize=False`` nothing is changed.
+        method_cfg: ``weight_init``, ``split_shortcut``, ``act_range`` and ``attention_matmuls``; with
+            ``quantize=False`` nothing is changed.
         split_points: layer name -> channel count of the first half of a concatenated input; used when
-            ``method_cfg.split_shortcut`` (names of full-precision layers are skipped).
+            ``method_cfg.split_shortcut`` (names of full-precision layers are skipped). A split layer gets
+            separate activation and weight quantizers for input channels ``[:split]`` and ``[split:]``.
         temporal_names: names of the TIB's layers; their activations use
             ``quant_cfg.effective_temporal_a_bits``.
 
@@ -100,6 +102,7 @@ def quantize_(
     if unknown:
         raise ValueError(f"split_points / temporal_names name modules that do not exist: {unknown}")
 
+    act_range = method_cfg.act_range or quant_cfg.act_range
     replacements: List[Tuple[str, nn.Module]] = []
     attentions: List[Tuple[str, Attention]] = []
     for name, module in unet.named_modules():
@@ -114,17 +117,17 @@ def quantize_(
                 weight_init=method_cfg.weight_init,
                 weight_lp=quant_cfg.weight_lp,
                 weight_shrink_steps=quant_cfg.weight_shrink_steps,
-                act_range=quant_cfg.act_range,
+                act_range=act_range,
                 ema_momentum=quant_cfg.ema_momentum,
                 split=split_points.get(name, 0) if method_cfg.split_shortcut else 0,
                 temporal=temporal,
             )
             replacements.append((name, quant_class.from_float(module, spec)))
-        elif isinstance(module, Attention) and quant_cfg.quantize_attention and quant_cfg.a_bits is not None:
+        elif isinstance(module, Attention) and method_cfg.attention_matmuls and quant_cfg.a_bits is not None:
             attentions.append((name, module))
     for name, new in replacements:
         replace_module(unet, name, new)
-    attn_spec = AttnQuantSpec(quant_cfg.a_bits, quant_cfg.act_range, quant_cfg.ema_momentum)
+    attn_spec = AttnQuantSpec(quant_cfg.a_bits, act_range, quant_cfg.ema_momentum, quant_cfg.softmax_bits)
     for _, attention in attentions:
         attention.set_processor(QuantAttnProcessor.for_attention(attention, attn_spec))
     return quantization_map(unet)
@@ -205,25 +208,28 @@ def enable_adaround(module_or_model: nn.Module, soft: bool = True) -> List[Weigh
 
 def adaround_parameters(module_or_model: nn.Module) -> List[nn.Parameter]:
     """The AdaRound variables ``alpha`` of every quantized layer in ``module_or_model`` that has them."""
-    quantizers = [module.weight_quantizer for module in _quant_modules_in(module_or_model)]
+    quantizers = [q for module in _quant_modules_in(module_or_model) for q in module.weight_quantizers()]
     return [quantizer.alpha for quantizer in quantizers if quantizer.alpha is not None]
 
 
 def set_soft_rounding(module_or_model: nn.Module, soft: bool) -> None:
     """Switch AdaRound layers between soft ``h(a)`` and hard ``1[a >= 0]`` rounding."""
     for module in _quant_modules_in(module_or_model):
-        module.weight_quantizer.soft = soft
+        for quantizer in module.weight_quantizers():
+            quantizer.soft = soft
 
 
 def freeze_weights(module_or_model: nn.Module) -> int:
     """Store the hard-rounded weight codes of every AdaRound layer (drops ``alpha``; float weights kept).
+
+    A layer with a shortcut split freezes both weight halves.
 
     Returns:
         The number of layers frozen.
     """
     frozen = 0
     for module in _quant_modules_in(module_or_model):
-        if module.weight_quantizer.alpha is not None:
+        if any(quantizer.alpha is not None for quantizer in module.weight_quantizers()):
             module.freeze_weight()
             frozen += 1
     return frozen

@@ -34,7 +34,9 @@ class QuantAttnProcessor(nn.Module):
         bits, method, momentum = spec.a_bits, spec.act_range, spec.ema_momentum
         self.query_quantizer = ActQuantizer(bits, range_method=method, momentum=momentum)
         self.key_quantizer = ActQuantizer(bits, range_method=method, momentum=momentum)
-        self.softmax_quantizer = ActQuantizer(bits, unsigned=True, range_method="minmax", momentum=momentum)
+        self.softmax_quantizer = ActQuantizer(
+            spec.effective_softmax_bits, unsigned=True, range_method="minmax", momentum=momentum
+        )
         self.value_quantizer = ActQuantizer(bits, range_method=method, momentum=momentum)
 
     @classmethod
@@ -159,4 +161,4 @@ class QuantAttnProcessor(nn.Module):
         return hidden_states / attn.rescale_output_factor
 
     def extra_repr(self) -> str:
-        return f"a_bits={self.spec.a_bits}, act_range={self.spec.act_range}"
+        return f"a_bits={self.spec.a_bits}, softmax_bits={self.spec.effective_softmax_bits}, act_range={self.spec.act_range}"

@@ -28,10 +28,14 @@ class TimestepContext:
     Attributes:
         current: the timestep (an ``int``; a ``float`` only for a non-integral timestep), or ``None``
             outside a UNet call.
+        samples: ``[B]`` timesteps of the samples of a call made directly on a reconstruction unit, whose batch
+            mixes timesteps (see :meth:`for_samples`); ``None`` otherwise. Modules that look a value up per sample
+            (the temporal-feature cache) read it; per-timestep quantizers need one timestep and read ``current``.
     """
 
     def __init__(self, current: Optional[TimestepValue] = None) -> None:
         self.current = current
+        self.samples: Optional[torch.Tensor] = None
 
     def __deepcopy__(self, memo: dict) -> "TimestepContext":
         return self
@@ -55,6 +59,22 @@ class TimestepContext:
             yield self
         finally:
             self.current = previous
+
+
+    @contextlib.contextmanager
+    def for_samples(self, timesteps: torch.Tensor) -> Iterator["TimestepContext"]:
+        """Expose per-sample timesteps ``[B]`` for a call on a unit outside the UNet's forward.
+
+        ``current`` is set too when every sample has the same timestep (else ``None``); both are restored on exit.
+        """
+        previous = self.current, self.samples
+        flat = timesteps.detach().reshape(-1)
+        self.samples = flat
+        self.current = timestep_value(flat) if bool((flat == flat[0]).all()) else None
+        try:
+            yield self
+        finally:
+            self.current, self.samples = previous
 
 
 def timestep_value(timestep: Any) -> TimestepValue:
@@ -106,6 +126,7 @@ class _TimestepPreHook:
                 "or keyword 'timestep')"
             )
         self.context.current = timestep_value(timestep)
+        self.context.samples = None
         return None
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from tfmq_exp.quant.act_quantizer import ActQuantizer
+from tfmq_exp.quant.adaround import WeightQuantizer
 from tfmq_exp.quant.attention import QuantAttnProcessor
 from tfmq_exp.quant.modules import QuantModule
 
@@ -42,6 +43,28 @@ def act_qparams(quantizer: Optional[ActQuantizer]) -> Optional[Dict[str, Any]]:
     }
 
 
+def weight_qparams(quantizer: WeightQuantizer, weight: torch.Tensor) -> Dict[str, Any]:
+    """Parameters of one weight quantizer on the part of the weight it quantizes.
+
+    Returns:
+        ``{"bits", "axis" (0), "scale" [C], "zero_point" [C] int64, "rounding", "codes", "dequantized"}``:
+        ``codes`` are the integer codes ``q`` (int64, shaped like ``weight``, from the rounding in use),
+        ``dequantized`` is ``s (q - z)``, what the fake-quant forward multiplies with.
+    """
+    dequantized = quantizer(weight).detach()
+    scale, zero_point = quantizer.scale_for(dequantized), quantizer.zero_point_for(dequantized)
+    codes = torch.round(dequantized / scale + zero_point).to(torch.int64)
+    return {
+        "bits": quantizer.bits,
+        "axis": 0,
+        "scale": quantizer.scale.detach().cpu().clone(),
+        "zero_point": quantizer.zero_point.detach().cpu().round().to(torch.int64),
+        "rounding": quantizer.rounding,
+        "codes": codes.cpu(),
+        "dequantized": dequantized.cpu().clone(),
+    }
+
+
 @torch.no_grad()
 def layer_qparams(module: QuantModule) -> Dict[str, Any]:
     """Weight and input parameters of one quantized layer.
@@ -50,27 +73,17 @@ def layer_qparams(module: QuantModule) -> Dict[str, Any]:
         module: a :class:`QuantModule`.
 
     Returns:
-        ``{"type", "split", "weight": {...}, "act": {...} | None, "act_split": {...} | None}``. ``weight``
-        holds ``bits``, ``axis`` (0), ``scale`` ``[C]``, ``zero_point`` ``[C]`` int64, ``rounding``,
-        ``codes`` (integer codes ``q`` as int64, shaped like the weight, from the rounding in use) and
-        ``dequantized`` (``s (q - z)``, what the fake-quant forward multiplies with).
+        ``{"type", "split", "weight": {...}, "weight_split": {...} | None, "act": {...} | None,
+        "act_split": {...} | None}``; ``weight`` / ``weight_split`` are :func:`weight_qparams` dicts. Without
+        a split ``weight`` covers the whole weight; with a split (Q-Diffusion) ``weight`` covers
+        ``weight[:, :split]`` and ``weight_split`` ``weight[:, split:]``, each with its own per-channel scale.
     """
-    quantizer = module.weight_quantizer
-    dequantized = quantizer(module.weight).detach()
-    scale, zero_point = quantizer.scale_for(dequantized), quantizer.zero_point_for(dequantized)
-    codes = torch.round(dequantized / scale + zero_point).to(torch.int64)
+    parts = {name: weight_qparams(quantizer, part) for name, quantizer, part in module.weight_parts()}
     return {
         "type": type(module).__name__,
         "split": module.split,
-        "weight": {
-            "bits": quantizer.bits,
-            "axis": 0,
-            "scale": quantizer.scale.detach().cpu().clone(),
-            "zero_point": quantizer.zero_point.detach().cpu().round().to(torch.int64),
-            "rounding": quantizer.rounding,
-            "codes": codes.cpu(),
-            "dequantized": dequantized.cpu().clone(),
-        },
+        "weight": parts["weight_quantizer"],
+        "weight_split": parts.get("weight_quantizer_split"),
         "act": act_qparams(module.act_quantizer),
         "act_split": act_qparams(module.act_quantizer_split),
     }

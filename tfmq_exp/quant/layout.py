@@ -90,6 +90,11 @@ def _act_timesteps(pairs: Iterable[Tuple[str, ActQuantizer]]) -> Dict[str, List[
     return {name: quantizer.calibrated_timesteps() for name, quantizer in pairs if quantizer.per_timestep}
 
 
+def _rounding_key(quantizer_name: str) -> str:
+    """Map key of a weight quantizer's rounding: ``weight_rounding`` / ``weight_rounding_split``."""
+    return "weight_rounding" + quantizer_name[len("weight_quantizer") :]
+
+
 def quantization_map(model: nn.Module) -> QuantizationMap:
     """Record the current quantization layout of ``model`` (specs, rounding state, per-timestep sets).
 
@@ -105,7 +110,7 @@ def quantization_map(model: nn.Module) -> QuantizationMap:
             layers[name] = {
                 "type": type(module).__name__,
                 **module.spec.to_dict(),
-                "weight_rounding": module.weight_quantizer.rounding,
+                **{_rounding_key(attr): quantizer.rounding for attr, quantizer in module.named_weight_quantizers()},
                 "act_timesteps": _act_timesteps(module.act_quantizers()),
             }
         elif _MAP_MODULES.get(type(module).__name__) is type(module):
@@ -165,6 +170,9 @@ def apply_quantization_map(
                 continue
             if type(module) is not expected:
                 problems.append(f"{name}: expected {expected.__name__}, found {type(module).__name__}")
+            elif entry.get("split") and "weight_rounding_split" not in entry:
+                problems.append(f"{name}: a split layer recorded before weight splits (activation split only); "
+                                "quantize it again")
         plans.append((name, entry, module))
     if problems:
         raise ValueError("the model does not match the quantization map:\n  " + "\n  ".join(problems))
@@ -177,11 +185,8 @@ def apply_quantization_map(
             quantized = quant_module_class_by_name(str(entry["type"])).from_float(
                 module, LayerQuantSpec.from_dict(entry), init_weight_range=False
             )
-            rounding = entry.get("weight_rounding", "nearest")
-            if rounding == "adaround":
-                quantized.weight_quantizer.allocate_adaround(quantized.weight.shape)
-            elif rounding == "frozen":
-                quantized.weight_quantizer.allocate_frozen(quantized.weight.shape)
+            for attr, _ in quantized.named_weight_quantizers():
+                quantized.allocate_rounding(str(entry.get(_rounding_key(attr), "nearest")), attr)
             replace_module(model, name, quantized)
             pairs = quantized.act_quantizers()
         timesteps = entry.get("act_timesteps", {})

@@ -2,8 +2,14 @@
 
 A quantized layer keeps the float ``weight`` / ``bias`` (so turning quantization off gives the exact float
 layer), a per-output-channel :class:`~tfmq_exp.quant.adaround.WeightQuantizer` and a per-tensor input
-:class:`~tfmq_exp.quant.act_quantizer.ActQuantizer`. With a shortcut split (Q-Diffusion), input channels
-``[:split]`` and ``[split:]`` (e.g. the two halves of ``cat(h, skip)``) get separate activation quantizers.
+:class:`~tfmq_exp.quant.act_quantizer.ActQuantizer`.
+
+With a shortcut split (Q-Diffusion), input channels ``[:split]`` and ``[split:]`` (the two halves of
+``cat(h, skip)``) are quantized separately, activations and weights: a second activation quantizer
+(``act_quantizer_split``) for input channels ``[split:]`` and a second weight quantizer
+(``weight_quantizer_split``) for ``weight[:, split:]``, each half with its own per-output-channel range and its
+own AdaRound variables (Q-Diffusion qdiff/quant_layer.py:248-288, ``act_quantizer_0`` / ``weight_quantizer_0``;
+qdiff/block_recon.py:51-55).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def quant_module_class_by_name(name: str) -> Type["QuantModule"]:
 
 
 class QuantModule(nn.Module):
-    """Base of quantized layers: float parameters, weight quantizer, input activation quantizer(s).
+    """Base of quantized layers: float parameters, weight quantizer(s), input activation quantizer(s).
 
     Args:
         weight: the float weight parameter (shared with the replaced layer, not copied).
@@ -65,6 +71,10 @@ class QuantModule(nn.Module):
         init_weight_range: run the weight range search now (``False`` when a state dict will be loaded).
 
     Attributes:
+        weight_quantizer: quantizes the weight (with a split: ``weight[:, :split]``).
+        weight_quantizer_split: with a split, quantizes ``weight[:, split:]``; else ``None``.
+        act_quantizer: quantizes the input (with a split: input channels ``[:split]``).
+        act_quantizer_split: with a split, quantizes input channels ``[split:]``; else ``None``.
         use_weight_quant: quantize the weight in ``forward``.
     """
 
@@ -86,8 +96,11 @@ class QuantModule(nn.Module):
         self.weight = weight
         self.bias = bias
         self.weight_quantizer = WeightQuantizer(spec.w_bits, num_channels=weight.shape[0]).to(weight.device)
+        split_weight = WeightQuantizer(spec.w_bits, num_channels=weight.shape[0]) if spec.split else None
+        self.register_module("weight_quantizer_split", None if split_weight is None else split_weight.to(weight.device))
         if init_weight_range:
-            self.weight_quantizer.init_range(weight, spec.weight_init, spec.weight_lp, spec.weight_shrink_steps)
+            for _, quantizer, part in self.weight_parts():
+                quantizer.init_range(part, spec.weight_init, spec.weight_lp, spec.weight_shrink_steps)
         self.act_quantizer = self._new_act_quantizer().to(weight.device)
         split_quantizer = self._new_act_quantizer().to(weight.device) if spec.split else None
         self.register_module("act_quantizer_split", split_quantizer)
@@ -121,21 +134,60 @@ class QuantModule(nn.Module):
         first, second = torch.split(x, [self.split, x.shape[self.channel_dim] - self.split], dim=self.channel_dim)
         return torch.cat([self.act_quantizer(first), self.act_quantizer_split(second)], dim=self.channel_dim)
 
+    def weight_parts(self) -> List[Tuple[str, WeightQuantizer, torch.Tensor]]:
+        """``(attribute name, quantizer, the part of the weight it quantizes)`` for every weight quantizer.
+
+        Without a split: the whole weight. With a split: ``weight[:, :split]`` and ``weight[:, split:]`` (axis 1
+        holds the input channels of Conv2d and Linear weights), as views of the one float parameter.
+        """
+        if self.weight_quantizer_split is None:
+            return [("weight_quantizer", self.weight_quantizer, self.weight)]
+        return [
+            ("weight_quantizer", self.weight_quantizer, self.weight[:, : self.split]),
+            ("weight_quantizer_split", self.weight_quantizer_split, self.weight[:, self.split :]),
+        ]
+
     def quantized_weight(self) -> torch.Tensor:
-        """The weight used in ``forward`` (fake-quantized when ``use_weight_quant``)."""
-        return self.weight_quantizer(self.weight) if self.use_weight_quant else self.weight
+        """The weight used in ``forward`` (fake-quantized when ``use_weight_quant``; halves joined on axis 1)."""
+        if not self.use_weight_quant:
+            return self.weight
+        parts = [quantizer(part) for _, quantizer, part in self.weight_parts()]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def weight_quantizers(self) -> List[WeightQuantizer]:
         """Every weight quantizer of the layer (the rounding variables a reconstruction optimises)."""
-        return [self.weight_quantizer]
+        return [quantizer for _, quantizer, _ in self.weight_parts()]
+
+    def named_weight_quantizers(self) -> List[Tuple[str, WeightQuantizer]]:
+        """``(attribute name, quantizer)`` of the weight quantizer(s)."""
+        return [(name, quantizer) for name, quantizer, _ in self.weight_parts()]
 
     def enable_adaround(self, soft: bool = True) -> List[nn.Parameter]:
-        """Start learned rounding for this layer's weight; returns its AdaRound variables ``alpha``."""
-        return [self.weight_quantizer.enable_adaround(self.weight, soft=soft)]
+        """Start learned rounding for this layer's weight; returns the AdaRound variables ``alpha`` (one per half)."""
+        return [quantizer.enable_adaround(part, soft=soft) for _, quantizer, part in self.weight_parts()]
+
+    def allocate_rounding(self, rounding: str, name: str = "weight_quantizer") -> None:
+        """Give weight quantizer ``name`` placeholder state of ``rounding`` (to load a saved state dict into).
+
+        Args:
+            rounding: ``nearest`` (nothing to allocate), ``adaround`` or ``frozen``.
+            name: the quantizer's attribute name (see :meth:`weight_parts`).
+        """
+        parts = {part_name: (quantizer, part) for part_name, quantizer, part in self.weight_parts()}
+        if name not in parts:
+            raise KeyError(f"no weight quantizer {name!r}; this layer has {sorted(parts)}")
+        quantizer, part = parts[name]
+        if rounding == "adaround":
+            quantizer.allocate_adaround(part.shape)
+        elif rounding == "frozen":
+            quantizer.allocate_frozen(part.shape)
+        elif rounding != "nearest":
+            raise ValueError(f"unknown weight rounding {rounding!r}; valid: nearest, adaround, frozen")
 
     def freeze_weight(self) -> None:
-        """Store the hard-rounded weight codes (drops ``alpha``); the float weight is kept."""
-        self.weight_quantizer.freeze(self.weight)
+        """Store the hard-rounded weight codes of every weight quantizer (drops ``alpha``); the float weight is kept."""
+        for _, quantizer, part in self.weight_parts():
+            quantizer.freeze(part)
 
     def layer_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The float operation with the module's own hyperparameters."""
@@ -153,6 +205,8 @@ class QuantConv2d(QuantModule):
     channel_dim = 1
 
     def __init__(self, conv: nn.Conv2d, spec: LayerQuantSpec, init_weight_range: bool = True) -> None:
+        if spec.split and conv.groups != 1:
+            raise ValueError(f"a split needs groups=1 (the weight splits on its input channels), not {conv.groups}")
         super().__init__(conv.weight, conv.bias, spec, conv.in_channels, init_weight_range)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding

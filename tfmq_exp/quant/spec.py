@@ -41,7 +41,8 @@ class LayerQuantSpec:
         act_range: activation range estimator, ``minmax`` (EMA) or ``mse``.
         ema_momentum: EMA momentum of the activation range.
         split: Q-Diffusion shortcut split: input channels ``[:split]`` and ``[split:]`` get separate
-            activation quantizers; 0 = no split.
+            activation quantizers, and ``weight[:, :split]`` / ``weight[:, split:]`` separate weight
+            quantizers (own per-channel ranges, own AdaRound); 0 = no split.
         temporal: the layer belongs to the TIB (its activations use the temporal bit-width).
     """
 
@@ -79,14 +80,24 @@ class AttnQuantSpec:
     """How one attention processor quantizes q, k, the softmax probabilities and v.
 
     Attributes:
-        a_bits: activation bits of all four (``None``: no quantization).
+        a_bits: activation bits of q, k and v (``None``: no quantization at all).
         act_range: range estimator of q, k and v (the probabilities always use min/max on ``[0, max]``).
         ema_momentum: EMA momentum of the activation ranges.
+        softmax_bits: bits of the probabilities (their own value, ``quant.softmax_bits``); ``None`` means
+            ``a_bits`` (maps written before the value existed).
     """
 
     a_bits: Optional[int]
     act_range: str = "minmax"
     ema_momentum: float = 0.95
+    softmax_bits: Optional[int] = None
+
+    @property
+    def effective_softmax_bits(self) -> Optional[int]:
+        """Bits of the probabilities: ``None`` without quantization, else ``softmax_bits`` or ``a_bits``."""
+        if self.a_bits is None:
+            return None
+        return self.softmax_bits if self.softmax_bits is not None else self.a_bits
 
     def __post_init__(self) -> None:
         _validate_act(self.a_bits, self.act_range, self.ema_momentum)
@@ -108,7 +119,8 @@ class QuantizationMap:
 
     Each entry is a dict with ``type`` (``QuantConv2d``, ``QuantLinear``, ``QuantAttnProcessor``), the
     spec's fields (``w_bits``, ``a_bits``, ``split``, ...), and the layout-changing state:
-    ``weight_rounding`` (``nearest`` / ``adaround`` / ``frozen``, layers only) and ``act_timesteps``
+    ``weight_rounding`` (``nearest`` / ``adaround`` / ``frozen``, layers only; split layers add
+    ``weight_rounding_split`` for the quantizer of ``weight[:, split:]``) and ``act_timesteps``
     (quantizer attribute name -> calibrated timesteps, for per-timestep quantizers). Modules registered with
     ``layout.register_map_module`` (e.g. a temporal-feature cache) add entries with their class name as
     ``type``, the defining module's import path as ``module`` and the fields of their own ``map_entry()``.

@@ -12,7 +12,7 @@ from tfmq_exp.recon.objectives import (
     UnitDataset,
     evaluate_objective,
 )
-from tfmq_exp.recon.runner import reconstruct, recon_samples, unit_seed
+from tfmq_exp.recon.runner import convergence_report, reconstruct, recon_samples, undecided_fraction, unit_seed
 from tfmq_exp.recon.units import ReconUnit, plan_units
 
 __all__ = [
@@ -30,11 +30,13 @@ __all__ = [
     "UnitDataset",
     "capture_inputs",
     "capture_output",
+    "convergence_report",
     "evaluate_objective",
     "fit_unit",
     "plan_units",
     "recon_samples",
     "reconstruct",
+    "undecided_fraction",
     "unit_seed",
     "unit_state",
 ]

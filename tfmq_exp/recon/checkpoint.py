@@ -6,9 +6,10 @@ codes) is written atomically to ``<dir>/<index>_<unit name>.safetensors`` and re
 instead of optimising it. The manifest carries a key of everything that determined the results (config,
 weights, plan); a directory written under another key is ignored (with a warning) and overwritten.
 
-Activation quantizers are left out of the state: reconstruction runs with activations in full precision and its
-key excludes the activation-only settings, so one checkpoint serves e.g. W4A8 and W4A32, whose modules differ
-only in their activation quantizers (present, or absent as in attention processors at 32 bits).
+Activation quantizers are left out of the state of weight reconstruction: it runs with activations in full
+precision and its key excludes the activation-only settings, so one checkpoint serves e.g. W4A8 and W4A32, whose
+modules differ only in their activation quantizers (present, or absent as in attention processors at 32 bits).
+The activation pass (``activations=True``) learns exactly that state and keeps it.
 """
 
 from __future__ import annotations
@@ -17,19 +18,19 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tfmq_exp.quant import ActQuantizer, QuantModule, iter_quant_modules
+from tfmq_exp.quant import ActQuantizer, QuantModule, WeightQuantizer, iter_quant_modules
 from tfmq_exp.recon.units import ReconUnit
 from tfmq_exp.store import file_sha256
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 CHECKPOINT_FORMAT = 2  # 2: activation-quantizer state left out
-CODES_SUFFIX = "weight_quantizer.weight_codes"
+CODES_BUFFER = "weight_codes"  # a frozen weight quantizer's codes: ``<layer>.<quantizer attribute>.weight_codes``
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -40,44 +41,55 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(temporary, path)
 
 
-def _reconstructed_state(module: nn.Module) -> dict[str, Tensor]:
-    """``module``'s state dict without the state of its activation quantizers (calibrated after reconstruction)."""
+def _reconstructed_state(module: nn.Module, activations: bool = False) -> dict[str, Tensor]:
+    """``module``'s state dict, without the state of its activation quantizers unless ``activations``."""
+    if activations:
+        return dict(module.state_dict())
     skipped = tuple(f"{name}." for name, sub in module.named_modules() if name and isinstance(sub, ActQuantizer))
     return {key: value for key, value in module.state_dict().items() if not key.startswith(skipped)}
 
 
-def unit_state(unet_q: nn.Module, unit: ReconUnit) -> dict[str, Tensor]:
+def unit_state(unet_q: nn.Module, unit: ReconUnit, activations: bool = False) -> dict[str, Tensor]:
     """The unit's state: ``<root>.<key>`` -> tensor for every module in ``unit.state_roots`` (cloned, CPU)."""
     state: dict[str, Tensor] = {}
     for root in unit.state_roots:
-        for key, value in _reconstructed_state(unet_q.get_submodule(root)).items():
+        for key, value in _reconstructed_state(unet_q.get_submodule(root), activations).items():
             state[f"{root}.{key}"] = value.detach().cpu().clone().contiguous()
     return state
 
 
-def _prepare_layout(unet_q: nn.Module, unit: ReconUnit, state: dict[str, Tensor]) -> list[QuantModule]:
-    """Give layers whose saved state holds frozen codes a ``weight_codes`` buffer to load into.
+def _codes_keys(unet_q: nn.Module, name: str) -> list[str]:
+    """State keys of the frozen codes of every weight quantizer of layer ``name`` (both halves of a split layer)."""
+    layer = unet_q.get_submodule(name)
+    if not isinstance(layer, QuantModule):
+        return [f"{name}.weight_quantizer.{CODES_BUFFER}"]
+    return [f"{name}.{attr}.{CODES_BUFFER}" for attr, _ in layer.named_weight_quantizers()]
+
+
+def _prepare_layout(unet_q: nn.Module, unit: ReconUnit, state: dict[str, Tensor]) -> list[WeightQuantizer]:
+    """Give weight quantizers whose saved state holds frozen codes a ``weight_codes`` buffer to load into.
 
     Returns:
-        The layers that got a new buffer (to undo with ``reset_rounding`` if the checkpoint is rejected).
+        The quantizers that got a new buffer (to undo with ``reset_rounding`` if the checkpoint is rejected).
     """
     allocated = []
     for root in unit.state_roots:
         for sub, layer in iter_quant_modules(unet_q.get_submodule(root)):
-            key = ".".join(part for part in (root, sub, CODES_SUFFIX) if part)
-            if key in state and layer.weight_quantizer.weight_codes is None:
-                layer.weight_quantizer.allocate_frozen(layer.weight.shape)
-                allocated.append(layer)
+            name = ".".join(part for part in (root, sub) if part)
+            for attr, quantizer in layer.named_weight_quantizers():
+                if f"{name}.{attr}.{CODES_BUFFER}" in state and quantizer.weight_codes is None:
+                    layer.allocate_rounding("frozen", attr)
+                    allocated.append(quantizer)
     return allocated
 
 
-def _matches(unet_q: nn.Module, unit: ReconUnit, state: dict[str, Tensor]) -> Optional[str]:
+def _matches(unet_q: nn.Module, unit: ReconUnit, state: dict[str, Tensor], activations: bool) -> Optional[str]:
     expected = {
         f"{root}.{key}": value
         for root in unit.state_roots
-        for key, value in _reconstructed_state(unet_q.get_submodule(root)).items()
+        for key, value in _reconstructed_state(unet_q.get_submodule(root), activations).items()
     }
-    unfrozen = [name for name in unit.layer_names if f"{name}.{CODES_SUFFIX}" not in state]
+    unfrozen = [name for name in unit.layer_names if any(key not in state for key in _codes_keys(unet_q, name))]
     if unfrozen:
         return f"no frozen rounding for {unfrozen[:3]}"
     if set(expected) != set(state):
@@ -95,12 +107,14 @@ class UnitCheckpoints:
     Args:
         directory: where checkpoints and the manifest live (created if missing).
         setup_key: identifies everything that determined the results; a manifest with another key is ignored.
+        activations: keep the activation quantizers' state too (the activation pass).
     """
 
-    def __init__(self, directory: Path, setup_key: str) -> None:
+    def __init__(self, directory: Path, setup_key: str, activations: bool = False) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.setup_key = setup_key
+        self.activations = activations
         self.entries: dict[str, dict[str, Any]] = {}
         path = self.directory / MANIFEST
         if path.is_file():
@@ -139,10 +153,10 @@ class UnitCheckpoints:
             log.warning("checkpoint of unit %s is invalid (%s); reconstructing it again", unit.name, error)
             return None
         allocated = _prepare_layout(unet_q, unit, state)
-        problem = _matches(unet_q, unit, state)
+        problem = _matches(unet_q, unit, state, self.activations)
         if problem is not None:
-            for layer in allocated:
-                layer.weight_quantizer.reset_rounding()
+            for quantizer in allocated:
+                quantizer.reset_rounding()
             log.warning("checkpoint of unit %s does not fit the model (%s); reconstructing it again",
                         unit.name, problem)
             return None
@@ -156,8 +170,27 @@ class UnitCheckpoints:
     def save(self, unet_q: nn.Module, unit: ReconUnit, report: dict[str, Any]) -> None:
         """Write ``unit``'s state and record it in the manifest (both atomically, the file first)."""
         name = self.file_name(unit)
-        state = unit_state(unet_q, unit)
+        state = unit_state(unet_q, unit, self.activations)
         _atomic_write(self.directory / name, lambda path: save_file(state, str(path), metadata={"unit": unit.name}))
         self.entries[name] = {"unit": unit.to_dict(), "sha256": file_sha256(self.directory / name), "report": report}
         manifest = {"format": CHECKPOINT_FORMAT, "setup_key": self.setup_key, "units": self.entries}
         _atomic_write(self.directory / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n"))
+
+
+def run_resumable(
+    unet_q: nn.Module, units: list[ReconUnit], checkpoints: UnitCheckpoints, optimise: Callable[[ReconUnit], dict],
+    report: dict[str, Any],
+) -> None:  # fmt: skip
+    """For each unit in order: load its valid checkpoint, or ``optimise`` it and checkpoint the result.
+
+    Fills ``report["units"]`` (each entry with ``resumed``) and ``report["resumed_units"]``.
+    """
+    for unit in units:
+        entry = checkpoints.load(unet_q, unit)
+        if entry is not None:
+            report["units"][unit.name] = {**entry, "resumed": True}
+            report["resumed_units"].append(unit.name)
+            continue
+        entry = optimise(unit)
+        checkpoints.save(unet_q, unit, entry)
+        report["units"][unit.name] = {**entry, "resumed": False}

@@ -1,9 +1,10 @@
 """The reconstruction optimisation of one unit as a LightningModule, and the Trainer that fits it.
 
 :class:`ReconstructionModule` receives a unit (any module), an objective and a regulariser already built; it
-never knows which method runs (BRECQ block, TIAR's TIB, ...). Each step minimises
-``objective(unit, batch) + regulariser(step)`` with Adam over the given AdaRound variables (automatic
-optimisation: one optimizer step per batch, so ``global_step`` is the iteration index).
+never knows which method runs (BRECQ block, TIAR's TIB, Q-Diffusion's activation pass, ...). Each step minimises
+``objective(unit, batch) + regulariser(step)`` with Adam over the given variables (AdaRound's ``alpha`` or
+activation step sizes), optionally with cosine learning-rate decay (automatic optimisation: one optimizer step
+per batch, so ``global_step`` is the iteration index).
 
 :func:`fit_unit` runs one ``Trainer.fit`` with ``max_steps = iters`` over a seeded random-batch sampler; the
 global RNG is forked and seeded per unit, so a unit's result depends only on its inputs and its seed.
@@ -11,7 +12,7 @@ global RNG is forked and seeded per unit, so a unit's result depends only on its
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import lightning as L
 import torch
@@ -48,14 +49,16 @@ class RandomBatches(Sampler[list[int]]):
 
 
 class ReconstructionModule(L.LightningModule):
-    """Minimise ``objective + regulariser`` over a unit's AdaRound variables.
+    """Minimise ``objective + regulariser`` over a unit's variables.
 
     Args:
         unit: the module whose output is reconstructed; kept in eval mode (no dropout / batch statistics).
         objective: the reconstruction loss (batch mean of per-sample losses).
-        regulariser: the rounding regulariser at a given step.
-        parameters: the variables to optimise (the unit's AdaRound ``alpha``).
+        regulariser: the rounding regulariser at a given step, or ``None`` (activation pass: none).
+        parameters: the variables to optimise (AdaRound ``alpha`` or activation step sizes).
         lr: Adam learning rate.
+        cosine_steps: decay the learning rate to 0 over this many steps (``CosineAnnealingLR``, as Q-Diffusion's
+            activation pass, ``qdiff/block_recon.py:108``); ``None`` keeps it constant (AdaRound).
 
     Attributes:
         losses: the reconstruction loss (without the regulariser) at every step.
@@ -66,9 +69,10 @@ class ReconstructionModule(L.LightningModule):
         self,
         unit: nn.Module,
         objective: Objective,
-        regulariser: Regulariser,
+        regulariser: Optional[Regulariser],
         parameters: Sequence[nn.Parameter],
         lr: float,
+        cosine_steps: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not parameters:
@@ -78,6 +82,7 @@ class ReconstructionModule(L.LightningModule):
         self.regulariser = regulariser
         self.rounding_parameters = list(parameters)
         self.lr = lr
+        self.cosine_steps = cosine_steps
         self.losses: list[float] = []
         self.regulariser_losses: list[float] = []
 
@@ -89,13 +94,20 @@ class ReconstructionModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         reconstruction = self.objective(self.unit, batch)
-        rounding = self.regulariser(self.global_step)
+        if self.regulariser is None:
+            rounding = torch.zeros((), device=reconstruction.device)
+        else:
+            rounding = self.regulariser(self.global_step)
         self.losses.append(float(reconstruction.detach()))
         self.regulariser_losses.append(float(rounding.detach()))
         return reconstruction + rounding
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.rounding_parameters, lr=self.lr)
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.rounding_parameters, lr=self.lr)
+        if self.cosine_steps is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.cosine_steps, eta_min=0.0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def fit_unit(

@@ -3,7 +3,9 @@
 An objective maps ``(unit, batch)`` to a per-sample loss ``[B]``; the optimisation minimises its batch mean
 plus the regulariser. Batches are dicts ``{"inputs": {key: Tensor[B, ...]}, "target": Tensor | dict}``.
 
-- :class:`BlockOutputObjective` (BRECQ / Q-Diffusion, DESIGN 1.3): ``sum (out_q - out_fp)^2`` per sample.
+- :class:`BlockOutputObjective` (BRECQ / Q-Diffusion, DESIGN 1.3): the published ``lp_loss``,
+  ``|out_q - out_fp|^p`` summed over the channel dimension and averaged over the spatial positions (tokens)
+  of each sample; its batch mean is ``lp_loss(..., reduction='none')`` exactly.
 - :class:`TemporalFeatureObjective` (TIAR, DESIGN 1.4): ``sum_i ||e_i(t) - e_hat_i(t)||^2`` per timestep.
 - :class:`RoundingRegulariser`: ``lambda * sum(1 - |2 h(a) - 1|^beta)`` on the unit's AdaRound variables, with
   the warmup / beta schedule of :class:`~tfmq_exp.quant.RoundingSchedule`.
@@ -11,14 +13,14 @@ plus the regulariser. Batches are dicts ``{"inputs": {key: Tensor[B, ...]}, "tar
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from tfmq_exp.models.adapters import get_adapter
-from tfmq_exp.quant import RoundingSchedule, WeightQuantizer
+from tfmq_exp.quant import RoundingSchedule, TimestepContext, WeightQuantizer
 from tfmq_exp.recon.capture import CallTemplate, first_tensor
 
 Batch = dict[str, Any]
@@ -32,19 +34,48 @@ class Objective(Protocol):
     def __call__(self, unit: nn.Module, batch: Batch) -> Tensor: ...
 
 
+def lp_per_sample(output: Tensor, target: Tensor, p: float = 2.0) -> Tensor:
+    """Per-sample ``lp_loss``: ``|output - target|^p`` summed over dim 1 (channels), averaged over the rest.
+
+    The batch mean of this is the published block loss, ``(pred - tgt).abs().pow(p).sum(1).mean()``
+    (BRECQ ``quant/quant_layer.py:23-30`` at e455d62; Q-Diffusion ``qdiff/quant_layer.py:26-33`` at 715783d;
+    TFMQ-DM ``quant/quant_layer.py:146-156`` at d551eac): averaging over batch *and* spatial positions keeps the
+    balance with the rounding regulariser (``lambda = 0.01``) independent of the resolution.
+
+    Args:
+        output: ``[B, C, ...]`` (``[B, C]`` for vectors).
+        target: same shape.
+        p: the exponent (2.0 for weight reconstruction, 2.4 for the activation pass).
+
+    Returns:
+        ``[B]``.
+    """
+    error = (output.float() - target.float()).abs().pow(p).sum(dim=1)  # [B, ...] channels summed
+    return error.flatten(1).mean(dim=1) if error.dim() > 1 else error
+
+
 class BlockOutputObjective:
-    """``sum over the output's elements of (out_q - out_fp)^2`` per sample (BRECQ's block output MSE).
+    """BRECQ's block output loss ``lp_loss(out_q, out_fp, p)`` per sample (see :func:`lp_per_sample`).
 
     Args:
         template: how to call the unit from the batch's captured input tensors.
+        p: the loss exponent.
+        context: when given, the unit is called within ``context.for_samples(batch["timesteps"])``, so modules
+            that depend on ``t`` (a temporal-feature cache) see each sample's own timestep.
     """
 
-    def __init__(self, template: CallTemplate) -> None:
+    def __init__(self, template: CallTemplate, p: float = 2.0, context: Optional[TimestepContext] = None) -> None:
         self.template = template
+        self.p = p
+        self.context = context
 
     def per_sample(self, unit: nn.Module, batch: Batch) -> Tensor:
-        output = first_tensor(self.template(unit, batch["inputs"]))  # [B, ...]
-        return (output.float() - batch["target"].float()).pow(2).flatten(1).sum(dim=1)
+        if self.context is not None and "timesteps" in batch:
+            with self.context.for_samples(batch["timesteps"]):
+                output = first_tensor(self.template(unit, batch["inputs"]))  # [B, C, ...]
+        else:
+            output = first_tensor(self.template(unit, batch["inputs"]))
+        return lp_per_sample(output, batch["target"], self.p)
 
     def __call__(self, unit: nn.Module, batch: Batch) -> Tensor:
         """The batch mean of :meth:`per_sample`."""
@@ -80,13 +111,17 @@ class TemporalFeatureUnit(nn.Module):
 
 
 class TemporalFeatureObjective:
-    """``sum_i ||e_i(t) - e_hat_i(t)||^2`` per timestep ``t`` (TIAR's loss without the regulariser)."""
+    """``sum_i ||e_i(t) - e_hat_i(t)||^2`` per timestep ``t`` (TIAR's loss without the regulariser).
+
+    As TFMQ-DM's ``LossFuncTimeEmbedding`` (``quant/reconstruction_util.py:132-136`` at d551eac): ``lp_loss``
+    with ``p = 2`` on each ``[B, C_i]`` feature, summed over the features.
+    """
 
     def per_sample(self, unit: nn.Module, batch: Batch) -> Tensor:
         features = unit(batch["inputs"]["timesteps"])
         total = None
         for name, target in batch["target"].items():
-            error = (features[name].float() - target.float()).pow(2).sum(dim=1)  # [B]
+            error = lp_per_sample(features[name], target)  # [B]: features are [B, C_i], so sum over C_i
             total = error if total is None else total + error
         assert total is not None
         return total
@@ -122,9 +157,12 @@ class UnitDataset(Dataset):
     Args:
         inputs: key -> ``[M, ...]`` tensors the unit is called with.
         target: ``[M, ...]``, or name -> ``[M, ...]`` for several outputs.
+        timesteps: ``[M]`` the timestep of each sample (batches then carry ``"timesteps"``), or ``None``.
     """
 
-    def __init__(self, inputs: dict[str, Tensor], target: Tensor | dict[str, Tensor]) -> None:
+    def __init__(
+        self, inputs: dict[str, Tensor], target: Tensor | dict[str, Tensor], timesteps: Optional[Tensor] = None
+    ) -> None:
         sizes = {v.shape[0] for v in inputs.values()}
         sizes |= {v.shape[0] for v in (target.values() if isinstance(target, dict) else [target])}
         if len(sizes) != 1:
@@ -132,6 +170,9 @@ class UnitDataset(Dataset):
         self.inputs = inputs
         self.target = target
         self.size = sizes.pop()
+        if timesteps is not None and timesteps.shape[0] != self.size:
+            raise ValueError(f"{timesteps.shape[0]} timesteps for {self.size} samples")
+        self.timesteps = timesteps
 
     def __len__(self) -> int:
         return self.size
@@ -143,7 +184,10 @@ class UnitDataset(Dataset):
             if isinstance(self.target, dict)
             else self.target[index]
         )
-        return {"inputs": {key: value[index] for key, value in self.inputs.items()}, "target": target}
+        batch: Batch = {"inputs": {key: value[index] for key, value in self.inputs.items()}, "target": target}
+        if self.timesteps is not None:
+            batch["timesteps"] = self.timesteps[index]
+        return batch
 
 
 def move_batch(batch: Any, device: torch.device) -> Any:

@@ -1,14 +1,16 @@
 """The resumable reconstruction runner: TIAR, then BRECQ units in forward order (DESIGN 1.3, 1.4).
 
-For each unit of the plan (:func:`~tfmq_exp.recon.units.plan_units`):
+Two phases, each resumable on its own (:data:`PHASES`): ``tiar`` (the TIB unit) and ``blocks`` (every other
+unit); the orchestrator may change the model between them (disturbance-aware selection installs its cache after
+TIAR and before the blocks, DESIGN 1.6). For each unit of the phase's plan (:func:`~tfmq_exp.recon.units.plan_units`):
 
 1. load it from its checkpoint if a valid one exists (then go on with the next unit);
 2. build its data: for TIAR the timesteps ``t`` of the calibration set and the full-precision temporal features
    ``e_i(t)``; for a block the inputs it receives in the network quantized so far (weights quantized with the
    rounding learned so far, activations in full precision) and the full-precision block's output, both on the
    same reconstruction samples (:func:`~tfmq_exp.calib.selection.reconstruction_set`);
-3. start AdaRound (soft) on its layers, fit a :class:`~tfmq_exp.recon.module.ReconstructionModule`, switch to
-   hard rounding and freeze the codes;
+3. start AdaRound (soft) on its layers, fit a :class:`~tfmq_exp.recon.module.ReconstructionModule`, record the
+   convergence evidence (:func:`convergence_report`), switch to hard rounding and freeze the codes;
 4. checkpoint it.
 
 Every unit's randomness is seeded from ``config.calib.seed`` and the unit's index, so a resumed run reproduces an
@@ -32,9 +34,11 @@ from tfmq_exp.calib.quant_state import quant_state
 from tfmq_exp.calib.selection import reconstruction_indices
 from tfmq_exp.config.schema import Config
 from tfmq_exp.eval.reference import weights_fingerprint
-from tfmq_exp.quant import QuantModule, RoundingSchedule, freeze_weights, set_soft_rounding
+from tfmq_exp.quant import QuantModule, RoundingSchedule, TimestepContext, WeightQuantizer, freeze_weights
+from tfmq_exp.quant import set_soft_rounding
+from tfmq_exp.quant.adaround import rectified_sigmoid
 from tfmq_exp.recon.capture import ReconSamples, capture_inputs, capture_output
-from tfmq_exp.recon.checkpoint import UnitCheckpoints
+from tfmq_exp.recon.checkpoint import UnitCheckpoints, run_resumable
 from tfmq_exp.recon.module import ReconstructionModule, fit_unit
 from tfmq_exp.recon.objectives import (
     BlockOutputObjective,
@@ -50,6 +54,12 @@ from tfmq_exp.store import content_key
 
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 256
+PHASES = ("tiar", "blocks")
+# Convergence of AdaRound (DESIGN 1.3): nearly every h(alpha) decided, and hard rounding reproducing the soft
+# solution. A rounding variable is undecided when h(alpha) is more than UNDECIDED_MARGIN from both 0 and 1.
+UNDECIDED_MARGIN = 0.01
+MAX_UNDECIDED_FRACTION = 0.01
+MAX_HARD_SOFT_RATIO = 1.25
 
 
 def unit_seed(run_seed: int, index: int) -> int:
@@ -80,30 +90,46 @@ def capture_batch_size(config: Config) -> int:
     return max(config.method.recon.batch_size, config.eval.batch_size)
 
 
-# Reconstruction runs with activations in full precision, before activation calibration and maintenance, and
-# its randomness comes from ``calib.seed`` (the run's ``seed`` picks the evaluation noise). Runs that differ only
-# in the fields below share their reconstruction: ``qdiffusion`` and ``fsc``; ``w4a8``, ``w4a32`` and ``w4a8t4``;
-# every evaluation seed set.
-POST_RECONSTRUCTION_FIELDS = (
-    "name", "fsc", "fsc_scope", "fsc_range", "maintenance", "cache_bits", "cache_fallback", "select",
-)
-ACTIVATION_ONLY_FIELDS = ("name", "a_bits", "temporal_a_bits", "act_range", "ema_momentum", "quantize_attention")
+# Weight reconstruction runs with activations in full precision and its randomness comes from ``calib.seed``
+# (the run's ``seed`` picks the evaluation noise). Fields that only act after it are left out of its key, so runs
+# that differ only in them share it: ``qdiffusion`` and ``fsc``; ``w4a8``, ``w4a32`` and ``w4a8t4``; every
+# evaluation seed set. What acts before it is in: the maintenance installed before the blocks (a cache, and for a
+# selection the TIAR + FSC result it compares against: the FSC settings and the temporal activation bits).
+POST_RECONSTRUCTION_FIELDS = ("name", "act_recon", "act_range", "act_calib_steps", "attention_matmuls")
+MAINTENANCE_FIELDS = ("maintenance", "cache_bits", "cache_fallback", "select")
+FSC_FIELDS = ("fsc", "fsc_scope", "fsc_range")
+ACTIVATION_ONLY_FIELDS = ("name", "a_bits", "temporal_a_bits", "softmax_bits", "act_range", "ema_momentum")
 
 
-def reconstruction_settings(config: Config) -> dict:
-    """Everything in the config that can change the reconstructed weights."""
-    method = {k: v for k, v in asdict(config.method).items() if k not in POST_RECONSTRUCTION_FIELDS}
+def reconstruction_settings(config: Config, phase: str = "all") -> dict:
+    """Everything in the config that can change the weights reconstructed in ``phase`` (a :data:`PHASES` entry,
+    or ``all``)."""
+    from tfmq_exp.temporal.maintenance import cache_bits_for
+
+    maintenance = config.method.maintenance
+    dropped = set(POST_RECONSTRUCTION_FIELDS)
+    if phase == "tiar" or maintenance == "tib":
+        dropped |= set(MAINTENANCE_FIELDS) | set(FSC_FIELDS)
+    elif maintenance == "cache":
+        dropped |= set(FSC_FIELDS) | {"select"}
+    method = {k: v for k, v in asdict(config.method).items() if k not in dropped}
     quant = {k: v for k, v in asdict(config.quant).items() if k not in ACTIVATION_ONLY_FIELDS}
-    return {"model": asdict(config.model), "quant": quant, "method": method, "calib": asdict(config.calib),
-            "sampler": asdict(config.sampler)}
+    if phase != "tiar" and maintenance != "tib":
+        method["resolved_cache_bits"] = cache_bits_for(config)
+        if maintenance == "select":
+            quant["temporal_a_bits"] = config.quant.effective_temporal_a_bits
+    return {"phase": phase, "model": asdict(config.model), "quant": quant, "method": method,
+            "calib": asdict(config.calib), "sampler": asdict(config.sampler)}
 
 
-def setup_key(unet_fp: nn.Module, config: Config, data: CalibrationData, plan: list[ReconUnit]) -> str:
+def setup_key(
+    unet_fp: nn.Module, config: Config, data: CalibrationData, plan: list[ReconUnit], phase: str = "all"
+) -> str:
     """Key of everything that determines the reconstruction's results (the checkpoints' validity)."""
     return content_key({
-        "format": 1,
+        "format": 2,  # 2: lp_loss reduction, convergence report
         "weights": weights_fingerprint(unet_fp),
-        **reconstruction_settings(config),
+        **reconstruction_settings(config, phase),
         "data": {"shape": list(data.x.shape), "timesteps": data.timesteps},
         "plan": [unit.to_dict() for unit in plan],
         "capture_batch_size": capture_batch_size(config),  # batch composition may change the last float bits
@@ -111,8 +137,8 @@ def setup_key(unet_fp: nn.Module, config: Config, data: CalibrationData, plan: l
 
 
 @contextlib.contextmanager
-def _session(unet_q: nn.Module, unet_fp: nn.Module, device: str) -> Iterator[None]:
-    """Weights quantized, activations off, eval mode, no float-weight gradients, on ``device``; all restored."""
+def session(unet_q: nn.Module, unet_fp: nn.Module, device: str, act: bool = False) -> Iterator[None]:
+    """Weights quantized, activations ``act``, eval mode, no float-weight gradients, on ``device``; all restored."""
     places = [(model, next(model.parameters()).device, model.training) for model in (unet_q, unet_fp)]
     grads = [(p, p.requires_grad) for model in (unet_q, unet_fp) for p in model.parameters()]
     for parameter, _ in grads:
@@ -120,7 +146,7 @@ def _session(unet_q: nn.Module, unet_fp: nn.Module, device: str) -> Iterator[Non
     for model, _, _ in places:
         model.eval().to(device)
     try:
-        with quant_state(unet_q, weight=True, act=False):
+        with quant_state(unet_q, weight=True, act=act):
             yield
     finally:
         for parameter, flag in grads:
@@ -129,32 +155,62 @@ def _session(unet_q: nn.Module, unet_fp: nn.Module, device: str) -> Iterator[Non
             model.to(place).train(training)
 
 
+def undecided_fraction(quantizers: list[WeightQuantizer]) -> float:
+    """Share of rounding variables with ``h(alpha)`` more than :data:`UNDECIDED_MARGIN` from both 0 and 1."""
+    undecided, total = 0, 0
+    for quantizer in quantizers:
+        h = rectified_sigmoid(quantizer.alpha.detach())
+        undecided += int(((h > UNDECIDED_MARGIN) & (h < 1.0 - UNDECIDED_MARGIN)).sum())
+        total += h.numel()
+    return undecided / max(total, 1)
+
+
+def convergence_report(undecided: float, loss_soft: float, loss_hard: float) -> dict[str, Any]:
+    """The per-unit convergence evidence (DESIGN 1.3): decided rounding and a hard loss near the soft one."""
+    ratio = loss_hard / loss_soft if loss_soft > 0 else (1.0 if loss_hard == 0 else float("inf"))
+    return {
+        "undecided_fraction": undecided,
+        "loss_soft": loss_soft,
+        "loss_hard": loss_hard,
+        "hard_soft_ratio": ratio,
+        "converged": undecided <= MAX_UNDECIDED_FRACTION and ratio <= MAX_HARD_SOFT_RATIO,
+    }
+
+
 def _optimise(
     unit: ReconUnit, module: nn.Module, objective: Objective, dataset: UnitDataset, unet_q: nn.Module,
     config: Config, batch_size: int, device: str, progress: bool,
 ) -> dict[str, Any]:
-    """AdaRound the unit's layers against ``objective``; returns the unit's report entry."""
+    """AdaRound the unit's layers against ``objective``; returns the unit's report entry.
+
+    ``loss_nearest``, ``loss_soft`` and ``loss_hard`` are the objective on every captured sample (the same fixed
+    set): with round-to-nearest before optimising, with soft rounding ``h(alpha)`` after it and with the hard
+    rounding that is kept; ``undecided_fraction`` is measured before hardening.
+    """
     recon = config.method.recon
     started = time.perf_counter()
     loss_nearest = evaluate_objective(module, objective, dataset, EVAL_BATCH_SIZE)
     layers: list[QuantModule] = [unet_q.get_submodule(name) for name in unit.layer_names]
-    parameters = [layer.enable_adaround(soft=True) for layer in layers]
-    regulariser = RoundingRegulariser(
-        RoundingSchedule.from_recon_config(recon), [layer.weight_quantizer for layer in layers], recon.reg_lambda
-    )
+    parameters = [alpha for layer in layers for alpha in layer.enable_adaround(soft=True)]
+    quantizers = [quantizer for layer in layers for quantizer in layer.weight_quantizers()]
+    regulariser = RoundingRegulariser(RoundingSchedule.from_recon_config(recon), quantizers, recon.reg_lambda)
     reconstruction = ReconstructionModule(module, objective, regulariser, parameters, recon.lr)
     fit_unit(reconstruction, dataset, recon.iters, batch_size, unit_seed(config.calib.seed, unit.index), device, progress)
     module.to(device)  # Lightning's teardown moves the fitted module to the CPU
+    undecided = undecided_fraction(quantizers)
+    loss_soft = evaluate_objective(module, objective, dataset, EVAL_BATCH_SIZE)
     for layer in layers:
         set_soft_rounding(layer, False)
         freeze_weights(layer)
-    loss_final = evaluate_objective(module, objective, dataset, EVAL_BATCH_SIZE)
+    loss_hard = evaluate_objective(module, objective, dataset, EVAL_BATCH_SIZE)
     return {
         **unit.to_dict(),
         "iters": recon.iters,
+        "lr": recon.lr,
         "samples": len(dataset),
         "loss_nearest": loss_nearest,
-        "loss_final": loss_final,
+        **convergence_report(undecided, loss_soft, loss_hard),
+        "loss_final": loss_hard,
         "loss_first_step": reconstruction.losses[0],
         "loss_last_step": reconstruction.losses[-1],
         "regulariser_last_step": reconstruction.regulariser_losses[-1],
@@ -175,13 +231,13 @@ def _tiar(unit: ReconUnit, unet_q: nn.Module, unet_fp: nn.Module, data: Calibrat
 
 
 def _block(unit: ReconUnit, unet_q: nn.Module, unet_fp: nn.Module, samples: ReconSamples, config: Config,
-           device: str, progress: bool) -> dict[str, Any]:
-    """BRECQ: one block against the full-precision block's output."""
+           device: str, progress: bool, context: TimestepContext | None) -> dict[str, Any]:
+    """BRECQ: one block against the full-precision block's output (a cache in the block reads each sample's t)."""
     module_q, module_fp = unet_q.get_submodule(unit.name), unet_fp.get_submodule(unit.name)
     inputs = capture_inputs(unet_q, module_q, samples, capture_batch_size(config))
     target = capture_output(unet_fp, module_fp, samples, capture_batch_size(config))
-    dataset = UnitDataset(inputs.tensors, target)
-    objective = BlockOutputObjective(inputs.template)
+    dataset = UnitDataset(inputs.tensors, target, timesteps=samples.timesteps)
+    objective = BlockOutputObjective(inputs.template, config.method.recon.p, context)
     batch_size = config.method.recon.batch_size
     return _optimise(unit, module_q, objective, dataset, unet_q, config, batch_size, device, progress)
 
@@ -193,8 +249,10 @@ def reconstruct(
     data: CalibrationData,
     checkpoint_dir: Path,
     progress: bool = False,
+    phase: str | None = None,
+    context: TimestepContext | None = None,
 ) -> dict[str, Any]:
-    """Reconstruct the rounding of ``unet_q``'s weights: TIAR and / or BRECQ units, resumable.
+    """Reconstruct the rounding of ``unet_q``'s weights in one phase: TIAR or the BRECQ units, resumable.
 
     Without ``method.tiar`` and ``method.recon.enabled`` nothing happens (weights stay round-to-nearest).
     Afterwards every layer that was reconstructed holds frozen hard-rounded codes; quantization switches,
@@ -208,36 +266,42 @@ def reconstruct(
         data: the calibration data.
         checkpoint_dir: per-unit checkpoints and the manifest (resumes from valid ones).
         progress: show Lightning progress bars.
+        phase: ``tiar`` (the TIB unit) or ``blocks`` (every other unit), see :data:`PHASES`; ``None``: both.
+        context: the timestep context a temporal-feature cache inside a block reads (per sample while a block is
+            fitted on batches that mix timesteps).
 
     Returns:
-        A JSON-serialisable report: ``units`` (name -> index, kind, layers, iters, samples, losses with
-        nearest and with learned rounding, seconds, resumed), ``resumed_units``, ``seconds``.
+        A JSON-serialisable report: ``units`` (name -> index, kind, layers, iters, lr, samples, the losses with
+        nearest, soft and hard rounding, ``undecided_fraction``, ``hard_soft_ratio``, ``converged``, seconds,
+        resumed), ``resumed_units``, ``seconds``.
     """
+    if phase is not None and phase not in PHASES:
+        raise ValueError(f"phase={phase!r} is not valid; choose one of: {', '.join(PHASES)}")
     started = time.perf_counter()
     report: dict[str, Any] = {"tiar": config.method.tiar, "recon": config.method.recon.enabled, "units": {},
                               "resumed_units": []}
     plan = plan_units(unet_q, unet_fp, config.method) if config.method.quantize else []
+    if phase is not None:
+        plan = [unit for unit in plan if (unit.kind == TIAR_KIND) == (phase == "tiar")]
     if not plan:
         report["seconds"] = time.perf_counter() - started
         return report
     device = resolve_device(config.runtime.device)
-    checkpoints = UnitCheckpoints(checkpoint_dir, setup_key(unet_fp, config, data, plan))
+    checkpoints = UnitCheckpoints(checkpoint_dir, setup_key(unet_fp, config, data, plan, phase or "all"))
     samples = recon_samples(data, config) if any(unit.kind != TIAR_KIND for unit in plan) else None
-    with _session(unet_q, unet_fp, device):
-        for unit in plan:
-            entry = checkpoints.load(unet_q, unit)
-            if entry is not None:
-                report["units"][unit.name] = {**entry, "resumed": True}
-                report["resumed_units"].append(unit.name)
-                continue
-            if unit.kind == TIAR_KIND:
-                entry = _tiar(unit, unet_q, unet_fp, data, config, device, progress)
-            else:
-                assert samples is not None
-                entry = _block(unit, unet_q, unet_fp, samples, config, device, progress)
-            checkpoints.save(unet_q, unit, entry)
-            report["units"][unit.name] = {**entry, "resumed": False}
-            log.info("unit %s (%s): loss %.4g -> %.4g in %.1f s", unit.name, unit.kind, entry["loss_nearest"],
-                     entry["loss_final"], entry["seconds"])
+
+    def optimise(unit: ReconUnit) -> dict[str, Any]:
+        if unit.kind == TIAR_KIND:
+            entry = _tiar(unit, unet_q, unet_fp, data, config, device, progress)
+        else:
+            assert samples is not None
+            entry = _block(unit, unet_q, unet_fp, samples, config, device, progress, context)
+        log.info("unit %s (%s): loss %.4g -> soft %.4g / hard %.4g, undecided %.2f%% in %.1f s", unit.name,
+                 unit.kind, entry["loss_nearest"], entry["loss_soft"], entry["loss_hard"],
+                 100 * entry["undecided_fraction"], entry["seconds"])
+        return entry
+
+    with session(unet_q, unet_fp, device):
+        run_resumable(unet_q, plan, checkpoints, optimise, report)
     report["seconds"] = time.perf_counter() - started
     return report

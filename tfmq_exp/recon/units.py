@@ -67,15 +67,20 @@ def plan_units(unet_q: nn.Module, unet_fp: nn.Module, method: MethodConfig) -> l
     """
     units: list[ReconUnit] = []
     tib_layers: tuple[str, ...] = ()
+    tib_names = get_adapter(unet_fp).tib().layer_names()
     if method.tiar:
-        names = get_adapter(unet_fp).tib().layer_names()
-        tib_layers = tuple(name for name in names if isinstance(unet_q.get_submodule(name), QuantModule))
+        tib_layers = tuple(name for name in tib_names if isinstance(unet_q.get_submodule(name), QuantModule))
         if tib_layers:
             units.append(ReconUnit(0, TIAR_UNIT, TIAR_KIND, tib_layers, tib_layers))
+
+    def excluded(name: str) -> bool:
+        """TIAR's layers, and TIB layers kept inside a cache module (a per-timestep selection's fallback)."""
+        inside_cache = any(name.startswith(f"{tib}.") for tib in tib_names)
+        return name in tib_layers or inside_cache
+
     if method.recon.enabled:
-        excluded = set(tib_layers)
         for unit in get_adapter(unet_fp).reconstruction_units():
-            layers = tuple(name for name in _quantized_layers(unet_q, unit.name) if name not in excluded)
+            layers = tuple(name for name in _quantized_layers(unet_q, unit.name) if not excluded(name))
             if layers:
                 units.append(ReconUnit(len(units), unit.name, unit.kind, layers, (unit.name,)))
     return units

@@ -135,6 +135,24 @@ class TimestepKeyedModule(nn.Module):
             return True
         return self.fallback is not None and (self.fallback_all or timestep in self._routed)
 
+    def _sample_rows(self) -> Optional[Tensor]:
+        """Table rows ``[B]`` of the context's per-sample timesteps (a call on a unit), or ``None``.
+
+        Raises:
+            CacheMismatchError: a sample's timestep is not in the table (per-sample calls never fall back).
+        """
+        samples = None if self.context is None else self.context.samples
+        if samples is None:
+            return None
+        values = [int(t) for t in samples.tolist()]
+        missing = sorted({t for t in values if t not in self._rows})
+        if missing:
+            raise CacheMismatchError(
+                f"timesteps {listing(missing)} of a per-sample call are not in the temporal-feature cache; cached "
+                f"timesteps: {listing(self.cached_timesteps())}"
+            )
+        return torch.tensor([self._rows[t] for t in values], dtype=torch.long, device=self.timesteps.device)
+
     def _route(self) -> Optional[int]:
         """Table row of the current timestep, or ``None`` when the wrapped module must run.
 
@@ -235,7 +253,15 @@ class CachedTemporalFeature(TimestepKeyedModule):
         return len(self._rows) * row_bytes(self.num_channels, self.bits)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        """``e_hat(t)`` of the current timestep as ``[B, C]`` (or the wrapped module's output)."""
+        """``e_hat(t)`` of the current timestep as ``[B, C]`` (or the wrapped module's output).
+
+        Within :meth:`TimestepContext.for_samples` (a unit called on a batch of several timesteps) each sample
+        gets the row of its own timestep.
+        """
+        rows = self._sample_rows()
+        if rows is not None:
+            values = dequantize_rows(self.codes[rows], self.scale[rows], self.zero_point[rows])  # [B, C]
+            return values.to(x.dtype if x.is_floating_point() else values.dtype)
         row = self._route()
         if row is None:
             return self._run_fallback(x, *args, **kwargs)
@@ -275,6 +301,8 @@ class TimeEmbeddingPlaceholder(TimestepKeyedModule):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Zeros ``[B, out_features]`` (``B = x.shape[0]``), or the wrapped module's output."""
+        if self._sample_rows() is not None:
+            return self.zeros.expand(x.shape[0], -1)
         if self._route() is None:
             return self._run_fallback(x, *args, **kwargs)
         return self.zeros.expand(x.shape[0], -1)

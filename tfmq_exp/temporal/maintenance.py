@@ -1,6 +1,7 @@
 """Temporal maintenance of a calibrated quantized UNet: the cache (DESIGN 1.5) or the selected mix (DESIGN 1.6).
 
-:func:`apply_maintenance` is what the PTQ orchestrator calls after TIAR / FSC; :func:`install_cache` does the
+:func:`apply_maintenance` is what the PTQ orchestrator calls before block reconstruction (a cache right after
+quantization, a selection right after TIAR); :func:`install_cache` does the
 module replacement; :func:`iter_cache_modules`, :func:`check_cache_timesteps` (fail before sampling on timesteps
 the cache lacks) and :func:`set_cache_context` inspect a maintained model.
 
@@ -45,7 +46,7 @@ from tfmq_exp.temporal.cache import (
     listing,
 )
 from tfmq_exp.temporal.features import collect_temporal_features
-from tfmq_exp.temporal.selection import select_maintenance
+from tfmq_exp.temporal.selection import require_t_only, select_maintenance
 
 DEFAULT_CACHE_BITS = 8
 CONDITIONED_TIME_EMBEDDING = "time_embedding.cond_proj"
@@ -264,12 +265,21 @@ def check_cache_timesteps(model: nn.Module, timesteps: Sequence[int]) -> None:
 def apply_maintenance(
     unet_q: nn.Module, unet_fp: nn.Module, config: Config, context: TimestepContext, timesteps: list[int]
 ) -> dict:
-    """Apply ``config.method.maintenance`` to the calibrated quantized UNet (in place).
+    """Install ``config.method.maintenance`` in the quantized UNet (in place), before block reconstruction.
+
+    The maintenance that runs at inference is in place before the blocks are reconstructed and the activations
+    calibrated, so both are fitted to the temporal features the model will see (DESIGN 1.5, 1.6):
+
+    - ``cache``: called right after ``quantize_``: every temporal feature comes from the full-precision TIB,
+      quantized per ``(t, i)``; no TIAR or FSC is needed for it.
+    - ``select``: called after TIAR: the TIB's activation quantizers are calibrated first (FSC where the method
+      has it), so the TIB option is measured as it will run; then the option with the smaller temporal-feature
+      error (``method.select``) is installed per feature (or per feature and timestep).
 
     Args:
-        unet_q: the quantized UNet after TIAR / FSC / activation calibration, ``context`` attached.
+        unet_q: the quantized UNet, ``context`` attached.
         unet_fp: the full-precision UNet.
-        config: the run config (``method.maintenance``, ``cache_bits``, ``cache_fallback``, ``select``).
+        config: the run config (``method.maintenance``, ``cache_bits``, ``cache_fallback``, ``select``, ``fsc``).
         context: the shared timestep context.
         timesteps: the sampler's timesteps.
 
@@ -277,12 +287,16 @@ def apply_maintenance(
         JSON-serialisable sections: ``{"cache": {...}}`` for ``cache``, plus ``"selection"`` for ``select``;
         ``{}`` for ``tib`` (nothing to do).
     """
+    from tfmq_exp.calib.activation import calibrate_tib_activations
+
     method = config.method
     bits = cache_bits_for(config)
     if method.maintenance == "tib":
         return {}
     if method.maintenance == "cache":
         return {"cache": install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)}
+    require_t_only(get_adapter(unet_fp).tib())
+    calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
     selection = select_maintenance(unet_q, unet_fp, context, timesteps, method.select, bits)
     cache = install_cache(
         unet_q, unet_fp, context, timesteps, bits, method.cache_fallback, cached=selection.cached_timesteps()

@@ -99,6 +99,15 @@ def _block_outputs(block: nn.Module, probe: Tensor, features: Tensor) -> Tensor:
     return torch.cat(outputs)
 
 
+def require_t_only(tib: TIBSpec) -> None:
+    """Raise ``UserError`` unless the temporal features are a function of ``t`` alone (else nothing to choose)."""
+    if not tib.depends_only_on_t:
+        raise UserError(
+            "disturbance-aware selection chooses per temporal feature, but this model's features also depend on "
+            f"{', '.join(tib.conditioning_modules)}; use method.maintenance=cache (caches the t-only part h(t)) or tib"
+        )
+
+
 @torch.no_grad()
 def measure_disturbance(
     unet_q: nn.Module, unet_fp: nn.Module, context: TimestepContext, timesteps: Sequence[int], bits: int
@@ -111,11 +120,7 @@ def measure_disturbance(
     timesteps = [int(t) for t in timesteps]
     adapter_fp = get_adapter(unet_fp)
     tib = adapter_fp.tib()
-    if not tib.depends_only_on_t:
-        raise UserError(
-            "disturbance-aware selection chooses per temporal feature, but this model's features also depend on "
-            f"{', '.join(tib.conditioning_modules)}; use method.maintenance=cache (caches the t-only part h(t)) or tib"
-        )
+    require_t_only(tib)
     reference = collect_temporal_features(adapter_fp, timesteps)
     quantized = _tib_option(get_adapter(unet_q), context, timesteps)
     cached = TemporalFeatureSet(

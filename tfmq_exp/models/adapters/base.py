@@ -251,14 +251,15 @@ class UNetAdapter(ABC):
         return [Unit(name=name, module=chosen[name][0], kind=chosen[name][1]) for name in order]
 
     def shortcut_split_points(self, example_inputs: ExampleInputs | None = None) -> dict[str, int]:
-        """Channel split of the up path's ``cat([h, skip], dim=1)`` inputs.
+        """Channel split of the up path's ``cat([h, skip], dim=1)`` inputs, at the ResNets' shortcut convolutions.
 
         Observed in one dry forward: a ResNet block of an up block whose input ends with one of the skip
-        tensors handed to that up block consumes a concat. Its ``conv1`` (on the normalised concat) and
-        ``conv_shortcut`` (on the raw concat) get the number of leading channels that come from ``h``.
+        tensors handed to that up block consumes a concat. Its ``conv_shortcut`` (on the raw concat) gets the
+        number of leading channels that come from ``h``; ``conv1`` (on the normalised concat) gets none, as in
+        Q-Diffusion.
 
         Returns:
-            ``"<resnet>.conv1"`` / ``"<resnet>.conv_shortcut"`` -> channels of ``h``, in forward order.
+            ``"<resnet>.conv_shortcut"`` -> channels of ``h``, in forward order.
         """
         groups = []
         for index, block in enumerate(self.unet.up_blocks):
@@ -270,10 +271,11 @@ class UNetAdapter(ABC):
             groups.append((block, consumers))
         inputs = example_inputs if example_inputs is not None else self.example_inputs()
         splits = concat_split_points(groups, lambda: self.run(inputs))
+        # Q-Diffusion (Xiuyu-Li/q-diffusion@715783d) sets split = h.shape[1] before th.cat([h, hs.pop()]) in the
+        # decoder (ldm/modules/diffusionmodules/openaimodel.py:772-777), and ResBlock._forward (275-278) passes
+        # it only to skip_connection (diffusers: conv_shortcut), not to in_layers' conv (diffusers: conv1).
         points: dict[str, int] = {}
         for name, channels in splits.items():
-            block = self.unet.get_submodule(name)
-            for attr in ("conv1", "conv_shortcut"):
-                if getattr(block, attr, None) is not None:
-                    points[f"{name}.{attr}"] = channels
+            if getattr(self.unet.get_submodule(name), "conv_shortcut", None) is not None:
+                points[f"{name}.conv_shortcut"] = channels
         return points
