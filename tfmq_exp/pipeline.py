@@ -30,6 +30,7 @@ from tfmq_exp.store import ArtifactStore
 from tfmq_exp.timing import StageTimer
 from tfmq_exp.tracking.figures import save_sample_grid
 from tfmq_exp.tracking.summary import versions, write_summary
+from tfmq_exp.tracking.quantization_log import log_quantization
 from tfmq_exp.tracking.wandb_run import TrackingRun, start_run
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
     if config.method.quantize:
         quantized = quantize_for_method(unet_fp, config, store, timer, run_dir)
         summary.update(quantized.sections)
+        log_quantization(summary, tracking)
         with timer("sampling_and_metrics"):
             result = evaluate(quantized.unet, config, real)
         with timer("diagnostics"):
