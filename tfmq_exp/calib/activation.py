@@ -28,6 +28,7 @@ from tfmq_exp.calib.selection import select_steps
 from tfmq_exp.config.schema import Config, MethodConfig
 from tfmq_exp.eval.sampling import make_trainer
 from tfmq_exp.models.adapters import get_adapter
+from tfmq_exp.quant.layout import find_submodule
 from tfmq_exp.quant import (
     QuantModule,
     TimestepContext,
@@ -168,8 +169,8 @@ def activation_calibration_data(data: CalibrationData, config: Config) -> Calibr
 
 def tib_layers(unet_q: nn.Module) -> list[nn.Module]:
     """The quantized TIB layers of ``unet_q`` (whose inputs are the temporal activations)."""
-    names = get_adapter(unet_q).tib().layer_names()
-    return [unet_q.get_submodule(name) for name in names if isinstance(unet_q.get_submodule(name), QuantModule)]
+    modules = [find_submodule(unet_q, name) for name in get_adapter(unet_q).tib().layer_names()]
+    return [module for module in modules if isinstance(module, QuantModule)]
 
 
 @torch.no_grad()

@@ -80,6 +80,14 @@ def iter_act_quantizers(model: nn.Module) -> Iterator[Tuple[str, ActQuantizer]]:
             yield name, module
 
 
+def find_submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
+    """The submodule ``name``, or ``None`` where it no longer exists (a parent was replaced, e.g. by maintenance)."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` at dotted path ``name`` of ``model`` (replacing the module there)."""
     parent_name, _, child = name.rpartition(".")

@@ -21,6 +21,7 @@ from torch import nn
 from tfmq_exp.config.schema import MethodConfig
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import QuantModule, iter_quant_modules
+from tfmq_exp.quant.layout import find_submodule
 
 TIAR_UNIT = "tib"
 TIAR_KIND = "tiar"
@@ -69,7 +70,7 @@ def plan_units(unet_q: nn.Module, unet_fp: nn.Module, method: MethodConfig) -> l
     tib_layers: tuple[str, ...] = ()
     tib_names = get_adapter(unet_fp).tib().layer_names()
     if method.tiar:
-        tib_layers = tuple(name for name in tib_names if isinstance(unet_q.get_submodule(name), QuantModule))
+        tib_layers = tuple(name for name in tib_names if isinstance(find_submodule(unet_q, name), QuantModule))
         if tib_layers:
             units.append(ReconUnit(0, TIAR_UNIT, TIAR_KIND, tib_layers, tib_layers))
 

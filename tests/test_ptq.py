@@ -1,0 +1,101 @@
+"""The PTQ orchestrator: methods as released, maintenance before block reconstruction, keys that follow it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tfmq_exp.config.schema import Config, register_configs
+from tfmq_exp.config.validate import to_config
+from tfmq_exp.models.loading import load_unet
+from tfmq_exp.ptq import quantize_for_method
+from tfmq_exp.quant import iter_act_quantizers, iter_attn_processors
+from tfmq_exp.recon.runner import reconstruction_settings
+from tfmq_exp.store import ArtifactStore, content_key
+from tfmq_exp.temporal.cache import CachedTemporalFeature
+from tfmq_exp.timing import StageTimer
+
+TINY = ["quant=w4a8", "sampler.num_steps=4", "calib.num_samples=8", "calib.recon_samples=16", "calib.uniform_every=2",
+        "method.recon.iters=3", "method.recon.batch_size=8", "method.act_recon.iters=3", "eval.batch_size=8",
+        "runtime.progress=false", "logger=none", "save_artifact=false"]
+
+
+def _config(conf_dir: Path, cache: Path, *overrides: str) -> Config:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*TINY, f"runtime.cache_dir={cache}", *overrides])
+    GlobalHydra.instance().clear()
+    return to_config(cfg)
+
+
+def _quantize(config: Config, tmp_path: Path):
+    unet_fp = load_unet(config.model)
+    store = ArtifactStore(config.runtime.cache_dir)
+    return unet_fp, quantize_for_method(unet_fp, config, store, StageTimer(), tmp_path)
+
+
+def test_tfmq_released_has_per_timestep_parameters_on_every_activation_quantizer(conf_dir, tmp_path) -> None:
+    config = _config(conf_dir, tmp_path / "cache", "method=tfmq_released")
+    _, quantized = _quantize(config, tmp_path)
+    quantizers = [q for _, q in iter_act_quantizers(quantized.unet) if not q.is_identity]
+    assert quantizers and all(q.per_timestep for q in quantizers)
+    timestep_sets = {tuple(q.calibrated_timesteps()) for q in quantizers}
+    assert len(timestep_sets) == 1 and len(timestep_sets.pop()) == config.sampler.num_steps  # the sampler's set
+    assert next(iter_attn_processors(quantized.unet), None) is None  # attention matmuls as released: not quantized
+    paper = _quantize(_config(conf_dir, tmp_path / "cache", "method=tfmq"), tmp_path / "paper")[1]
+    per_timestep = [q.per_timestep for _, q in iter_act_quantizers(paper.unet) if not q.is_identity]
+    assert any(per_timestep) and not all(per_timestep)  # the paper's text: the temporal features only
+
+
+def test_qdiffusion_runs_its_activation_pass_with_softmax_at_its_own_bits(conf_dir, tmp_path) -> None:
+    config = _config(conf_dir, tmp_path / "cache", "method=qdiffusion", "quant=w8a4")
+    _, quantized = _quantize(config, tmp_path)
+    units = quantized.sections["act_reconstruction"]["units"]
+    assert units and all(entry["iters"] == 3 and "loss_final" in entry for entry in units.values())
+    processors = [processor for _, processor in iter_attn_processors(quantized.unet)]
+    assert processors and all(p.softmax_quantizer.bits == 8 and p.query_quantizer.bits == 4 for p in processors)
+
+
+def test_the_cache_is_in_place_before_block_reconstruction(conf_dir, tmp_path) -> None:
+    config = _config(conf_dir, tmp_path / "cache", "method=tfmq_cache")
+    unet_fp, quantized = _quantize(config, tmp_path)
+    units = quantized.sections["reconstruction"]["units"]
+    layers = [layer for entry in units.values() for layer in entry["layers"]]
+    # Blocks were reconstructed with the cache standing in for their projections: no projection was a unit layer,
+    # and no TIB unit ran (cached features need no TIAR).
+    assert units and not any("time_emb_proj" in layer or layer.startswith("time_embedding") for layer in layers)
+    assert "tib" not in units
+    projections = [m for name, m in quantized.unet.named_modules() if name.endswith("time_emb_proj")]
+    assert projections and all(isinstance(m, CachedTemporalFeature) for m in projections)
+    assert "maintenance_s" not in quantized.sections  # the section holds results, the timer holds times
+    assert quantized.sections["cache"]["modules"] == len(projections)
+
+
+def test_the_reconstruction_key_follows_maintenance(conf_dir, tmp_path) -> None:
+    def key(method: str, phase: str, *overrides: str) -> str:
+        return content_key(reconstruction_settings(_config(conf_dir, tmp_path, f"method={method}", *overrides), phase))
+
+    assert key("tfmq", "blocks") != key("tfmq_cache", "blocks") != key("tfmq_select", "blocks")
+    assert key("tfmq", "tiar") == key("tfmq_select", "tiar")  # TIAR comes before any maintenance
+    assert key("tfmq", "blocks") == key("tfmq", "blocks", "method.fsc_scope=all")  # FSC acts after it
+    assert key("tfmq_select", "blocks") != key("tfmq_select", "blocks", "method.fsc=false")  # the selection sees FSC
+    assert key("tfmq_cache", "blocks") != key("tfmq_cache", "blocks", "quant=w4a8t4")  # 4-bit cache
+    assert key("qdiffusion", "blocks") == key("qdiffusion", "blocks", "method.act_recon.iters=7")
+
+
+@pytest.mark.parametrize("method", ["tfmq_select"])
+def test_selection_runs_after_tiar_and_before_the_blocks(conf_dir, tmp_path, method: str) -> None:
+    config = _config(conf_dir, tmp_path / "cache", f"method={method}")
+    _, quantized = _quantize(config, tmp_path)
+    selection = quantized.sections["selection"]
+    assert selection["score"] == "feature_rel_mse"  # temporal-feature error by default
+    units = quantized.sections["reconstruction"]["units"]
+    cached = {feature for feature, option in selection["choice"].items() if option == "cache"}
+    layers = {layer for entry in units.values() for layer in entry["layers"]}
+    assert "tib" in units and list(units)[0] == "tib"
+    assert not any(layer.endswith("time_emb_proj") for layer in layers - set(units["tib"]["layers"]))
+    assert len(cached) == quantized.sections["cache"]["modules"]
