@@ -58,3 +58,24 @@ def test_overview_has_a_cell_per_method_and_quant_setting(multirun_dir: Path) ->
             delta, error = cell.split(" / ")
             assert delta[0] in "+-" and float(error) >= 0.0
     assert "digits: overview" in build_report(multirun_dir).read_text()
+
+
+def _summary(method: str, calib_seed: int, fid: float) -> dict:
+    return {"status": "ok", "model": "digits", "method": method, "quant": "w4a8", "seed": 0,
+            "config": {"calib": {"seed": calib_seed}, "eval": {"seed_set": 0}},
+            "metrics": {"fid": fid, "fid_delta": fid - 1.0, "seed_set": 0}}
+
+
+def test_calibration_seeds_pair_runs_of_two_methods(tmp_path: Path) -> None:
+    from tfmq_exp.tracking.report import quant_table
+
+    for method, fids in (("qdiffusion", [1.0, 2.0, 3.0]), ("tfmq", [1.1, 2.1, 3.1])):
+        for calib_seed, fid in enumerate(fids):
+            run = tmp_path / f"{method}_{calib_seed}"
+            run.mkdir()
+            (run / "summary.json").write_text(json.dumps(_summary(method, calib_seed, fid)))
+    finished, _ = collect_runs(tmp_path)
+    assert {run.replicate for run in finished} == {(0, 0), (0, 1), (0, 2)}
+    row = next(row for row in quant_table(finished, [], "qdiffusion") if row[0] == "tfmq")
+    # Unpaired the spread of the FIDs (1.0) would swamp the difference; paired it is exactly +0.1 every time.
+    assert row[4].startswith("0.1 ± 0")

@@ -21,15 +21,22 @@ class RunRecord:
     quant: str
     seed: int
     seed_set: int
+    calib_seed: int = -1
     metrics: dict[str, Any] = field(default_factory=dict)
     temporal: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
     @property
+    def replicate(self) -> tuple[int, int]:
+        """What pairs runs of two methods: the evaluation noise set and the calibration seed."""
+        return self.seed_set, self.calib_seed
+
+    @property
     def calibration_s(self) -> float:
         """Seconds spent building the quantized model (capture, reconstruction, calibration, maintenance)."""
-        stages = ("capture_s", "quantize_s", "reconstruction_s", "act_calibration_s", "maintenance_s")
+        stages = ("capture_s", "quantize_s", "reconstruction_s", "act_calibration_s", "act_reconstruction_s",
+                  "maintenance_s")
         return sum(self.timing.get(stage, 0.0) for stage in stages)
 
 
@@ -44,6 +51,7 @@ def _record(path: Path, summary: dict[str, Any]) -> RunRecord:
         quant=summary.get("quant", "?"),
         seed=int(summary.get("seed", -1)),
         seed_set=int(metrics.get("seed_set", config.get("eval", {}).get("seed_set", summary.get("seed", -1)))),
+        calib_seed=int(config.get("calib", {}).get("seed", -1)),
         metrics=metrics,
         temporal=summary.get("temporal", {}),
         timing=summary.get("timing", {}),

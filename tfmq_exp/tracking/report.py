@@ -3,8 +3,9 @@
 Writes ``report.md`` (a table per model and quant setting: mean ± std over seeds, paired FID differences with
 95 % Student-t intervals over seed sets) and PNG plots beside it; optionally logs the same to a W&B run.
 Paired differences: every run records the FP reference of its own protocol (``metrics.fid_fp``, same noise),
-and runs of two methods that share ``seed_set`` share their evaluation noise, so ``fid - fid_baseline`` is
-taken per seed set before averaging.
+and runs of two methods that share ``seed_set`` and ``calib.seed`` share their evaluation noise and calibration
+data, so ``fid - fid_baseline`` is taken per such replicate before averaging (seed sets in the ablation sweep,
+calibration seeds in the acceptance protocol).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from tfmq_exp.tracking.collect import RunRecord, collect_runs
 from tfmq_exp.tracking.report_plots import _bits_key, cost_vs_quality, fid_vs_bits, temporal_error_vs_timestep, trajectory_vs_step
 from tfmq_exp.tracking.stats import estimate, paired_differences
 
-METHOD_ORDER = ["fp", "naive", "ptq4dm", "qdiffusion", "tiar", "fsc", "tfmq", "tfmq_cache", "tfmq_select"]
+METHOD_ORDER = ["fp", "naive", "ptq4dm", "qdiffusion", "qdiffusion_noact", "tiar", "fsc", "tfmq", "tfmq_released",
+                "tfmq_cache", "tfmq_select"]
 COLUMNS = [
     "method", "n", "FID", "ΔFID vs fp (paired)", "ΔFID vs {baseline} (paired)", "KID", "IS", "eps rel. MSE",
     "temporal rel. MSE", "temporal cos min", "mismatch", "trajectory cos (x_0)", "calibration s",
@@ -39,8 +41,9 @@ def _values(runs: Sequence[RunRecord], source: str, key: str) -> list[float]:
     return values
 
 
-def _by_seed_set(runs: Sequence[RunRecord], key: str = "fid") -> dict[int, float]:
-    return {run.seed_set: float(run.metrics[key]) for run in runs if key in run.metrics}
+def _by_replicate(runs: Sequence[RunRecord], key: str = "fid") -> dict[tuple[int, int], float]:
+    """Runs keyed by what pairs them: evaluation noise set and calibration seed."""
+    return {run.replicate: float(run.metrics[key]) for run in runs if key in run.metrics}
 
 
 def quant_table(runs: Sequence[RunRecord], fp_runs: Sequence[RunRecord], baseline: str) -> list[list[str]]:
@@ -48,12 +51,12 @@ def quant_table(runs: Sequence[RunRecord], fp_runs: Sequence[RunRecord], baselin
     by_method: dict[str, list[RunRecord]] = defaultdict(list)
     for run in list(runs) + list(fp_runs):
         by_method[run.method].append(run)
-    baseline_fid = _by_seed_set(by_method.get(baseline, []))
+    baseline_fid = _by_replicate(by_method.get(baseline, []))
     rows = []
     for method in sorted(by_method, key=_order):
         group = by_method[method]
         delta_fp = estimate(_values(group, "metrics", "fid_delta")) if method != "fp" else None
-        delta_base = estimate(paired_differences(_by_seed_set(group), baseline_fid)) if baseline_fid and method not in (baseline, "fp") else None
+        delta_base = estimate(paired_differences(_by_replicate(group), baseline_fid)) if baseline_fid and method not in (baseline, "fp") else None
         calibration = estimate([run.calibration_s for run in group]) if method != "fp" else None
         rows.append([
             method,

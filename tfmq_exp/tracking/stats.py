@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from scipy import stats as scipy_stats
 
@@ -45,6 +45,7 @@ def estimate(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     return Estimate(mean, std, n, mean - half, mean + half)
 
 
-def paired_differences(values: dict[int, float], baseline: dict[int, float]) -> list[float]:
-    """``value - baseline`` for every seed set both have (pairs share their evaluation noise)."""
+def paired_differences(values: dict[Any, float], baseline: dict[Any, float]) -> list[float]:
+    """``value - baseline`` for every key both have (a seed set, or a (seed set, calibration seed) replicate:
+    pairs share their evaluation noise and calibration data)."""
     return [values[key] - baseline[key] for key in sorted(set(values) & set(baseline))]
