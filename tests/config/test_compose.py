@@ -51,7 +51,19 @@ def test_methods_are_configs_not_branches(composer) -> None:
     tfmq = to_config(composer(["method=tfmq"])).method
     qdiff = to_config(composer(["method=qdiffusion"])).method
     assert (tfmq.tiar, tfmq.fsc, qdiff.tiar, qdiff.fsc) == (True, True, False, False)
-    assert tfmq.recon == qdiff.recon and tfmq.calib_steps == qdiff.calib_steps
+    # tfmq composes qdiffusion: the same weight reconstruction by construction; the release's activation handling
+    assert tfmq.recon == qdiff.recon and tfmq.calib_steps == qdiff.calib_steps and tfmq.split_shortcut
+    assert qdiff.act_recon.enabled and not tfmq.act_recon.enabled
+    assert (qdiff.act_range, qdiff.act_calib_steps, tfmq.act_range, tfmq.act_calib_steps) == ("mse", "recon_set", None, "all")
+    released = to_config(composer(["method=tfmq_released"])).method
+    assert (released.fsc_scope, released.attention_matmuls, tfmq.fsc_scope, tfmq.attention_matmuls) == ("all", False, "tib", True)
+    cache = to_config(composer(["method=tfmq_cache"])).method
+    assert (cache.maintenance, cache.tiar, cache.fsc) == ("cache", False, False)
+
+
+def test_published_schedule_is_a_preset(composer) -> None:
+    method = to_config(composer(["method=qdiffusion", "+schedule=published"])).method
+    assert (method.recon.iters, method.recon.lr, method.act_recon.iters, method.act_recon.lr) == (20000, 1e-3, 5000, 4e-4)
 
 
 def test_temporal_bits_default_to_activation_bits(composer) -> None:
@@ -100,7 +112,8 @@ def test_experiments_use_the_parallel_launcher_and_sweep_every_axis(conf_dir: Pa
     GlobalHydra.instance().clear()
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     params = cfg.hydra.sweeper.params
-    assert set(params.method.split(",")) == {"fp", "naive", "ptq4dm", "qdiffusion", "tiar", "fsc", "tfmq", "tfmq_cache", "tfmq_select"}
+    assert set(params.method.split(",")) == {"fp", "naive", "ptq4dm", "qdiffusion", "tiar", "fsc", "tfmq", "tfmq_released",
+                                             "tfmq_cache", "tfmq_select"}
     assert {"w8a8", "w4a8", "w4a32", "w8a4", "w4a8t4"} == set(params.quant.split(","))
     assert params.seed == "0,1,2" and set(params.model.split(",")) == {"digits", "digits_ss"}
 
