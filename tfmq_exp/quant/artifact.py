@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tfmq_exp.atomic import atomic_write
 from tfmq_exp.quant.context import TimestepContext
 from tfmq_exp.quant.layout import apply_quantization_map, iter_attn_processors, iter_quant_modules, quantization_map
 from tfmq_exp.quant.spec import QuantizationMap
@@ -151,9 +152,8 @@ def save_artifact(directory: PathLike, unet: nn.Module, config: Any, extra: Opti
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensor_path = directory / TENSOR_FILE
-    partial = directory / (TENSOR_FILE + ".partial")
-    save_file(_cpu_tensors(unet.state_dict()), str(partial), metadata={"format": "pt"})
-    os.replace(partial, tensor_path)
+    tensors = _cpu_tensors(unet.state_dict())
+    atomic_write(tensor_path, lambda path: save_file(tensors, str(path), metadata={"format": "pt"}))
     metadata = {
         "format_version": ARTIFACT_FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -168,9 +168,8 @@ def save_artifact(directory: PathLike, unet: nn.Module, config: Any, extra: Opti
             "safetensors": safetensors.__version__,
         },
     }
-    partial_meta = directory / (META_FILE + ".partial")
-    partial_meta.write_text(json.dumps(metadata, indent=2, sort_keys=True))
-    os.replace(partial_meta, directory / META_FILE)
+    text = json.dumps(metadata, indent=2, sort_keys=True)
+    atomic_write(directory / META_FILE, lambda path: path.write_text(text))
     return directory
 
 

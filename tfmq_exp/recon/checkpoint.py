@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from tfmq_exp.atomic import atomic_write
 from tfmq_exp.quant import ActQuantizer, QuantModule, WeightQuantizer, iter_quant_modules
 from tfmq_exp.recon.units import ReconUnit
 from tfmq_exp.store import file_sha256
@@ -31,14 +31,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 CHECKPOINT_FORMAT = 2  # 2: activation-quantizer state left out
 CODES_BUFFER = "weight_codes"  # a frozen weight quantizer's codes: ``<layer>.<quantizer attribute>.weight_codes``
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(temporary)
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _reconstructed_state(module: nn.Module, activations: bool = False) -> dict[str, Tensor]:
@@ -171,10 +163,10 @@ class UnitCheckpoints:
         """Write ``unit``'s state and record it in the manifest (both atomically, the file first)."""
         name = self.file_name(unit)
         state = unit_state(unet_q, unit, self.activations)
-        _atomic_write(self.directory / name, lambda path: save_file(state, str(path), metadata={"unit": unit.name}))
+        atomic_write(self.directory / name, lambda path: save_file(state, str(path), metadata={"unit": unit.name}))
         self.entries[name] = {"unit": unit.to_dict(), "sha256": file_sha256(self.directory / name), "report": report}
         manifest = {"format": CHECKPOINT_FORMAT, "setup_key": self.setup_key, "units": self.entries}
-        _atomic_write(self.directory / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n"))
+        atomic_write(self.directory / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n"))
 
 
 def run_resumable(

@@ -15,12 +15,12 @@ Schema (version :data:`SUMMARY_VERSION`); sections are added by the stages that 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from tfmq_exp.atomic import write_json_atomic
 
 SUMMARY_FILE = "summary.json"
 SUMMARY_VERSION = 1
@@ -38,14 +38,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and an atomic rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        json.dump(payload, out, indent=2, default=float)
-        out.write("\n")
-    os.replace(staging, path)
 
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
