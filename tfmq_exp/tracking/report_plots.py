@@ -7,13 +7,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure  # the object API renders PNGs without pyplot or a global backend
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tfmq_exp.tracking.collect import RunRecord  # noqa: E402
+from tfmq_exp.tracking.collect import RunRecord
 
 FIGURE_SIZE = (7.5, 4.5)
 
@@ -23,13 +21,12 @@ def _bits_key(quant: str) -> tuple[int, int, str]:
     return (int(match.group(1)), int(match.group(2)), quant) if match else (99, 99, quant)
 
 
-def _new_axes() -> plt.Axes:
+def _new_axes() -> Axes:
     """The axes of a new report figure (every report plot has the same size)."""
-    _, ax = plt.subplots(figsize=FIGURE_SIZE)
-    return ax
+    return Figure(figsize=FIGURE_SIZE).subplots()
 
 
-def _finish(ax: plt.Axes, path: Path, *, xlabel: str, ylabel: str, title: str, log_y: bool = False) -> Path:
+def _finish(ax: Axes, path: Path, *, xlabel: str, ylabel: str, title: str, log_y: bool = False) -> Path:
     """Label, grid and legend a report plot, then save its figure as a PNG at ``path`` and close it.
 
     Args:
@@ -52,7 +49,6 @@ def _finish(ax: plt.Axes, path: Path, *, xlabel: str, ylabel: str, title: str, l
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # the object API renders PNGs without pyplot or a global backend
 
 
 def temporal_heatmap(temporal: dict[str, Any], path: Path, key: str = "rel_mse", title: str = "") -> Path:
     """Heatmap of ``temporal[key]`` ([features, timesteps]) with a log colour scale for errors."""
     values = np.asarray(temporal[key], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(6, 0.12 * values.shape[1] + 3), 0.4 * values.shape[0] + 1.8))
+    fig = Figure(figsize=(max(6, 0.12 * values.shape[1] + 3), 0.4 * values.shape[0] + 1.8))
+    ax = fig.subplots()
     if key == "cosine":
         image = ax.imshow(values, aspect="auto", cmap="viridis")
     else:
@@ -30,13 +28,13 @@ def temporal_heatmap(temporal: dict[str, Any], path: Path, key: str = "rel_mse",
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def per_timestep_curves(series: dict[str, Sequence[float]], timesteps: Sequence[int], path: Path, ylabel: str, title: str, log: bool = True) -> Path:
     """One line per named series over timesteps (e.g. mean relative MSE of several runs)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for label, values in series.items():
         ax.plot(list(timesteps), list(values), marker=".", label=label)
     if log:
@@ -50,5 +48,4 @@ def per_timestep_curves(series: dict[str, Sequence[float]], timesteps: Sequence[
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
