@@ -13,6 +13,7 @@ from typing import Iterable, Optional, Sequence, Union
 from torch import nn
 
 from tfmq_exp.config.schema import (
+    PUBLISHED_FP_PATTERNS,
     CalibConfig,
     Config,
     EvalConfig,
@@ -27,9 +28,7 @@ from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.tiny import build_tiny_unet
 from tfmq_exp.quant import QuantLinear, TimestepContext, attach_timestep_context, enable_per_timestep, quantize_
 
-# Kept in full precision by the digits and SD-form configs: first and last convolution, the first linear of
-# h(t), the shortcut convolutions and the downsamplers.
-FP_PATTERNS = ["conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*"]
+FP_PATTERNS = list(PUBLISHED_FP_PATTERNS)
 
 
 def digits_unet(seed: int = 0) -> nn.Module:

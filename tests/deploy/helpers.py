@@ -6,10 +6,11 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from tfmq_exp.config.schema import PUBLISHED_FP_PATTERNS
 from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
 from tfmq_exp.models.digits import build_digits_unet
 
-FP_PATTERNS = ("conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*")
+FP_PATTERNS = PUBLISHED_FP_PATTERNS
 
 
 def digits_unet(seed: int = 0) -> torch.nn.Module:

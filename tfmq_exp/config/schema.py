@@ -42,6 +42,13 @@ def _check_positive(key: str, value: float) -> None:
         raise ValueError(f"{key}={value} must be > 0")
 
 
+# Kept in full precision in the published setup (DESIGN 1.1): the input and output convolutions, the first Linear of
+# the time-embedding MLP (TFMQ-DM quant_model.py:110-119, ``modules[0]``), ResNet shortcut convolutions (TFMQ-DM
+# quant_model.py:56-66, "refer to PTQD") and the downsampler convolutions. One list for every model and method, so
+# comparisons are fair; Q-Diffusion itself keeps nothing in FP (remove patterns with ``model.fp_patterns=[...]``).
+PUBLISHED_FP_PATTERNS = ("conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*")
+
+
 @dataclass
 class ModelConfig:
     """Which denoiser to load and which of its layers stay in full precision.
@@ -54,7 +61,9 @@ class ModelConfig:
         embedded: name of the embedded weights under ``tfmq_exp/weights/`` (``null`` for real models).
         sample_size / in_channels: image geometry the sampler draws noise for (latent size for LDMs).
         domain: ``digits`` (embedded extractor) or ``rgb`` (torch-fidelity's Inception features).
-        fp_patterns: fnmatch patterns of module names kept in full precision (DESIGN 1.1).
+        fp_patterns: fnmatch patterns of module names kept in full precision (DESIGN 1.1); by default
+            :data:`PUBLISHED_FP_PATTERNS`, the one place that list lives.
+        extra_fp_patterns: further full-precision patterns of one model (e.g. SD-XL's ``add_embedding``).
         quant_patterns: fnmatch patterns of module names eligible for quantization.
         prediction_type: what the UNet predicts (``epsilon`` for every model here).
         num_train_timesteps / beta_schedule: the training noise schedule the sampler must use.
@@ -68,7 +77,8 @@ class ModelConfig:
     sample_size: int = 8
     in_channels: int = 1
     domain: str = "digits"
-    fp_patterns: List[str] = field(default_factory=list)
+    fp_patterns: List[str] = field(default_factory=lambda: list(PUBLISHED_FP_PATTERNS))
+    extra_fp_patterns: List[str] = field(default_factory=list)
     quant_patterns: List[str] = field(default_factory=lambda: ["*"])
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000

@@ -16,8 +16,6 @@ from tfmq_exp.deploy.temporal import TemporalFeatureCache
 from tfmq_exp.models.digits import build_digits_unet
 from tfmq_exp.paths import WEIGHTS_DIR
 
-# Layers the published setup keeps in full precision (DESIGN 1.1; conf/model/*.yaml fp_patterns).
-PUBLISHED_FP_PATTERNS = ("conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*")
 VARIANTS = ("fp32_eager", "fp32_compiled", "int8", "int8_cache")
 DEFAULT_VARIANTS = ("fp32_eager", "fp32_compiled", "int8")
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -24,9 +24,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from tfmq_exp.config.schema import PUBLISHED_FP_PATTERNS
 from tfmq_exp.deploy.bench_setup import (
     DEFAULT_VARIANTS,
-    PUBLISHED_FP_PATTERNS,
     VARIANTS,
     CompiledFloat,
     build_benchmark_unet,

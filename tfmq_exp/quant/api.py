@@ -53,8 +53,8 @@ __all__ = [
 
 
 def is_selected(name: str, model_cfg: ModelConfig) -> bool:
-    """Whether module ``name`` matches a ``quant_patterns`` entry and no ``fp_patterns`` entry."""
-    if any(fnmatchcase(name, pattern) for pattern in model_cfg.fp_patterns):
+    """Whether module ``name`` matches a ``quant_patterns`` entry and no ``fp_patterns`` / ``extra_fp_patterns`` one."""
+    if any(fnmatchcase(name, pattern) for pattern in [*model_cfg.fp_patterns, *model_cfg.extra_fp_patterns]):
         return False
     return any(fnmatchcase(name, pattern) for pattern in model_cfg.quant_patterns)
 
