@@ -10,12 +10,16 @@ WEIGHTS_DIR = PACKAGE_DIR / "weights"
 
 
 def config_dir() -> Path:
-    """The Hydra config tree: ``$TFMQ_CONF_DIR`` or the repository's ``conf/`` (editable install)."""
+    """The Hydra config tree: ``$TFMQ_CONF_DIR``, else the tree shipped inside the package (``tfmq_exp/conf``).
+
+    The tree is package data, so a wheel or a non-editable install carries it; the repository's top-level ``conf``
+    is a link to it, for reading.
+    """
     configured = os.environ.get("TFMQ_CONF_DIR")
-    path = Path(configured) if configured else PACKAGE_DIR.parent / "conf"
+    path = Path(configured) if configured else PACKAGE_DIR / "conf"
     if not (path / "config.yaml").is_file():
         raise FileNotFoundError(
-            f"config tree not found at {path}; install the repository editable (pip install -e .) "
-            "or point TFMQ_CONF_DIR at its conf/ directory"
+            f"config tree not found at {path}; reinstall the package (its conf/ is package data) or point "
+            "TFMQ_CONF_DIR at a conf/ directory"
         )
     return path
