@@ -32,42 +32,42 @@ def _build(marker: Path | None = None):
 
 def test_miss_then_hit(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
-    tensors, info, hit = store.get_or_build("kind", PAYLOAD, _build())
+    tensors, info, hit = store.get_or_build("calibration", PAYLOAD, _build())
     assert not hit and info == {"note": "hello"}
-    again, _, hit = store.get_or_build("kind", PAYLOAD, _build())
+    again, _, hit = store.get_or_build("calibration", PAYLOAD, _build())
     assert hit and torch.equal(again["x"], tensors["x"])
-    _, _, hit = store.get_or_build("kind", {**PAYLOAD, "steps": 6}, _build())
+    _, _, hit = store.get_or_build("calibration", {**PAYLOAD, "steps": 6}, _build())
     assert not hit
 
 
-def test_entries_built_by_other_code_are_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_version_of_the_computation_is_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ArtifactStore(tmp_path)
-    store.get_or_build("kind", PAYLOAD, _build())
-    monkeypatch.setattr(store_module, "code_fingerprint", lambda: "another-version")
-    _, _, hit = store.get_or_build("kind", PAYLOAD, _build())
+    store.get_or_build("calibration", PAYLOAD, _build())
+    monkeypatch.setitem(store_module.ENTRY_VERSIONS, "calibration", store_module.ENTRY_VERSIONS["calibration"] + 1)
+    _, _, hit = store.get_or_build("calibration", PAYLOAD, _build())
     assert not hit
 
 
-def test_code_fingerprint_covers_the_package_sources() -> None:
-    fingerprint = store_module.code_fingerprint()
-    assert len(fingerprint) == 16 and fingerprint == store_module.code_fingerprint()
+def test_unknown_kinds_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="unknown artifact kind"):
+        ArtifactStore(tmp_path).get_or_build("nosuch", PAYLOAD, _build())
 
 
 def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = ArtifactStore(tmp_path)
-    store.get_or_build("kind", PAYLOAD, _build())
-    tensor_file = store.entry_dir("kind", store.key(PAYLOAD)) / "tensors.safetensors"
+    store.get_or_build("calibration", PAYLOAD, _build())
+    tensor_file = store.entry_dir("calibration", store.key("calibration", PAYLOAD)) / "tensors.safetensors"
     data = bytearray(tensor_file.read_bytes())
     data[-1] ^= 0xFF
     tensor_file.write_bytes(bytes(data))
-    _, _, hit = store.get_or_build("kind", PAYLOAD, _build())
+    _, _, hit = store.get_or_build("calibration", PAYLOAD, _build())
     assert not hit and "corrupt" in caplog.text
     meta = json.loads((tensor_file.parent / "meta.json").read_text())
     assert meta["sha256"] == file_sha256(tensor_file)
 
 
 def _race(root: str, marker: str, queue: multiprocessing.Queue) -> None:
-    _, _, hit = ArtifactStore(root).get_or_build("kind", PAYLOAD, _build(Path(marker)))
+    _, _, hit = ArtifactStore(root).get_or_build("calibration", PAYLOAD, _build(Path(marker)))
     queue.put(hit)
 
 

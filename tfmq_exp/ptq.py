@@ -69,14 +69,18 @@ def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> d
 
 def _reconstruction_dir(config: Config, store: ArtifactStore, fingerprint: str, phase: str) -> Path:
     """Per-unit checkpoints live in the shared cache, keyed by what determines them (resumable, shared)."""
-    return store.root / "reconstruction" / store.key({"weights": fingerprint, **reconstruction_settings(config, phase)})
+    return store.root / "reconstruction" / store.key(
+        "reconstruction", {"weights": fingerprint, **reconstruction_settings(config, phase)}
+    )
 
 
 def _act_pass_dir(config: Config, store: ArtifactStore, fingerprint: str) -> Path:
     """Per-unit checkpoints of the activation pass (they hold activation-quantizer state)."""
     from tfmq_exp.recon.act_pass import act_pass_settings
 
-    return store.root / "act_reconstruction" / store.key({"weights": fingerprint, **act_pass_settings(config)})
+    return store.root / "act_reconstruction" / store.key(
+        "act_reconstruction", {"weights": fingerprint, **act_pass_settings(config)}
+    )
 
 
 def _merge_reports(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:

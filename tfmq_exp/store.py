@@ -1,8 +1,10 @@
 """A content-addressed, checksum-verified, process-safe store for run-independent artifacts.
 
 Calibration trajectories and full-precision references are expensive and shared by every run of a sweep.
-Each entry lives in ``<root>/<kind>/<key>/`` where ``key`` hashes everything that produced it (including the
-package's own source code, so an entry built by another version of the code is never reused); its tensors are
+Each entry lives in ``<root>/<kind>/<key>/`` where ``key`` hashes everything that produced it: its inputs, the
+weights of every model it uses, and the version of the computation of its kind (:data:`ENTRY_VERSIONS`; a test,
+``tests/test_entry_versions.py``, fails when the code behind a kind changes until its version is bumped), so an
+edit elsewhere (a plot label) keeps every entry while a changed computation never reuses a stale one; its tensors are
 one safetensors file whose sha256 is recorded in ``meta.json``. Writers hold an exclusive ``fcntl`` lock on the
 entry and publish with an atomic rename, so parallel runs on a cold cache compute an entry once and never
 read a half-written one; a corrupt entry is detected, reported with a warning and rebuilt.
@@ -11,7 +13,6 @@ read a half-written one; a corrupt entry is detected, reported with a warning an
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import logging
@@ -36,19 +37,15 @@ def content_key(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """A 16-hex-digit hash of this package's Python sources (file names and contents).
-
-    Cached artifacts are keyed by it: an edit to how calibration data, references or reconstructions are
-    computed must not leave stale entries that a later run silently reuses.
-    """
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+# The version of each kind's computation; part of every key of that kind. Bump a kind's version whenever a change
+# can alter what its entries hold (tests/test_entry_versions.py names the modules behind each kind and fails until
+# the version is bumped and the recorded source hash updated).
+ENTRY_VERSIONS: dict[str, int] = {
+    "calibration": 1,  # calib/capture.py: one FP sampling pass recorded at every step
+    "fp_reference": 1,  # eval/: FP samples, metrics and trajectories under a protocol
+    "reconstruction": 2,  # recon/ + quant/: AdaRound units (2: BRECQ's lp_loss, convergence report)
+    "act_reconstruction": 1,  # recon/act_pass.py: Q-Diffusion's activation pass
+}
 
 
 def file_sha256(path: Path) -> str:
@@ -77,9 +74,11 @@ class ArtifactStore:
         self.root = Path(root)
 
     @staticmethod
-    def key(payload: Any) -> str:
-        """The entry key of ``payload``: its content key together with the code that builds the entry."""
-        return content_key({"code": code_fingerprint(), "payload": payload})
+    def key(kind: str, payload: Any) -> str:
+        """The entry key of ``payload`` for an entry of ``kind``: its content key with the kind's version."""
+        if kind not in ENTRY_VERSIONS:
+            raise KeyError(f"unknown artifact kind {kind!r}; known: {sorted(ENTRY_VERSIONS)}")
+        return content_key({"kind": kind, "version": ENTRY_VERSIONS[kind], "payload": payload})
 
     @contextmanager
     def locked(self, directory: Path) -> Iterator[None]:
@@ -127,7 +126,7 @@ class ArtifactStore:
             payload: JSON-serialisable description of everything that determines the artifact.
             build: computes ``(tensors, info)``; ``info`` must be JSON-serialisable.
         """
-        entry = self.entry_dir(kind, self.key(payload))
+        entry = self.entry_dir(kind, self.key(kind, payload))
         cached = self._read(entry)
         if cached is not None:
             return cached[0], cached[1], True

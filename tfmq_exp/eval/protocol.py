@@ -18,11 +18,22 @@ from tfmq_exp.eval.sampling import generate
 from tfmq_exp.errors import UserError
 
 
+def metric_weights_fingerprint(config: Config) -> str:
+    """A hash of the weights of the metrics' feature extractor (retraining it invalidates FP references)."""
+    if config.model.domain == "digits":
+        from tfmq_exp.eval.classifier import DEFAULT_DIR, WEIGHTS_FILE
+        from tfmq_exp.store import file_sha256
+
+        return file_sha256(DEFAULT_DIR / WEIGHTS_FILE)
+    return "torch-fidelity-inception-v3"  # torch-fidelity's pinned release file
+
+
 def protocol_payload(config: Config, weights_id: str) -> dict[str, Any]:
     """Everything that determines the evaluation numbers of a model (the FP reference's cache key)."""
     return {
         "model": config.model.name,
         "weights": weights_id,
+        "metric_weights": metric_weights_fingerprint(config),
         "sampler": vars(config.sampler),
         "num_samples": config.eval.num_samples,
         "seed_set": config.eval.seed_set,

@@ -1,0 +1,60 @@
+"""Cached entries are keyed by a version per kind: changing the code behind a kind must bump its version.
+
+Each kind lists the modules whose code decides what its entries hold. When one of them changes, this test fails
+until ``ENTRY_VERSIONS[kind]`` (tfmq_exp/store.py) is bumped *if the change can alter the entries* and the hash
+below is updated (``python -m pytest tests/test_entry_versions.py`` prints the new one). A docstring or log edit
+needs only the hash; a changed computation needs both, so no run ever reuses an entry built by other code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+
+import pytest
+
+from tfmq_exp.store import ENTRY_VERSIONS
+
+SOURCES = {
+    "calibration": ["tfmq_exp.calib.capture", "tfmq_exp.eval.sampling"],
+    "fp_reference": ["tfmq_exp.eval.reference", "tfmq_exp.eval.protocol", "tfmq_exp.eval.sampling",
+                     "tfmq_exp.eval.metrics", "tfmq_exp.eval.extractor"],
+    "reconstruction": ["tfmq_exp.recon.runner", "tfmq_exp.recon.objectives", "tfmq_exp.recon.module",
+                       "tfmq_exp.recon.units", "tfmq_exp.recon.capture", "tfmq_exp.calib.selection",
+                       "tfmq_exp.quant.adaround", "tfmq_exp.quant.quantizer", "tfmq_exp.quant.weight_range",
+                       "tfmq_exp.quant.modules", "tfmq_exp.quant.api", "tfmq_exp.temporal.cache",
+                       "tfmq_exp.temporal.maintenance", "tfmq_exp.temporal.selection"],
+    "act_reconstruction": ["tfmq_exp.recon.act_pass", "tfmq_exp.quant.act_quantizer", "tfmq_exp.quant.attention",
+                           "tfmq_exp.calib.activation"],
+}
+# kind -> (version, sha256 of the listed modules' sources, first 16 hex digits)
+RECORDED = {
+    "calibration": (1, "c5a16cf02a310089"),
+    "fp_reference": (1, "591164c0782b7dfc"),
+    "reconstruction": (2, "4113e6aa5fb98c2c"),
+    "act_reconstruction": (1, "acf92c66a395bedb"),
+}
+
+
+def source_hash(modules: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(name.encode())
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    return digest.hexdigest()[:16]
+
+
+def test_every_kind_is_covered() -> None:
+    assert set(SOURCES) == set(ENTRY_VERSIONS) == set(RECORDED)
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_code_behind_a_kind_is_unchanged_or_its_version_was_bumped(kind: str) -> None:
+    version, recorded = RECORDED[kind]
+    current = source_hash(SOURCES[kind])
+    assert (ENTRY_VERSIONS[kind], current) == (version, recorded), (
+        f"the code behind '{kind}' entries changed (hash {current}): if the change can alter what the entries "
+        f"hold, bump ENTRY_VERSIONS['{kind}'] in tfmq_exp/store.py; then record "
+        f"RECORDED['{kind}'] = ({ENTRY_VERSIONS[kind]}, '{current}') in tests/test_entry_versions.py"
+    )
