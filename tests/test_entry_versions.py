@@ -33,7 +33,7 @@ RECORDED = {
     "calibration": (1, "c5a16cf02a310089"),
     "fp_reference": (1, "591164c0782b7dfc"),
     "reconstruction": (2, "4113e6aa5fb98c2c"),
-    "act_reconstruction": (1, "acf92c66a395bedb"),
+    "act_reconstruction": (1, "c20e23b909c0b1fb"),
 }
 
 

@@ -47,3 +47,17 @@ def test_context_at_restores() -> None:
     with context.at(torch.tensor(8)):
         assert context.current == 8
     assert context.current == 3
+
+
+def test_the_context_owns_one_hook_per_unet() -> None:
+    unet = digits_unet()
+    context = TimestepContext()
+    first = attach_timestep_context(unet, context)
+    assert context.attach(unet) is first and len(unet._forward_pre_hooks) == 1
+    with context.attached_to(unet):  # already attached: left in place afterwards
+        assert len(unet._forward_pre_hooks) == 1
+    assert context.is_attached(unet) and len(unet._forward_pre_hooks) == 1
+    context.detach(unet)
+    with context.attached_to(unet):  # attached only for the block
+        assert len(unet._forward_pre_hooks) == 1
+    assert not context.is_attached(unet) and len(unet._forward_pre_hooks) == 0

@@ -32,7 +32,6 @@ from tfmq_exp.quant.layout import find_submodule
 from tfmq_exp.quant import (
     QuantModule,
     TimestepContext,
-    attach_timestep_context,
     enable_per_timestep,
     iter_act_quantizers,
     observing_activations,
@@ -124,8 +123,8 @@ def calibrate_activations(
     Args:
         unet_q: the quantized UNet; its weights are quantized during the pass; its switches are restored after.
         data: the calibration data (all ``S`` steps and ``N`` trajectories are used).
-        context: the timestep context the per-timestep quantizers read; a pre-hook publishing the UNet's
-            timestep to it is attached for the pass (and removed after).
+        context: the timestep context the per-timestep quantizers read; it is attached to the UNet for the pass
+            if it was not already (and then detached after).
         per_timestep_modules: modules whose quantizers get per-timestep parameters for ``data.timesteps``
             (see :func:`fsc_modules`); ``None`` or empty for none.
         batch_size: trajectories per forward.
@@ -142,14 +141,13 @@ def calibrate_activations(
     if per_timestep_modules:
         enable_per_timestep(list(per_timestep_modules), data.timesteps, context, fsc_range)
     loader = DataLoader(CalibrationBatches(data, batch_size, seed), batch_size=None, shuffle=False)
-    handle = attach_timestep_context(unet_q, context)
     training, place = unet_q.training, next(unet_q.parameters()).device
     unet_q.eval()
     try:
-        with quiet_lightning(), quant_state(unet_q, weight=True, act=False), observing_activations(unet_q):
+        with quiet_lightning(), context.attached_to(unet_q), quant_state(unet_q, weight=True, act=False), \
+                observing_activations(unet_q):
             make_trainer(device, progress).predict(ActivationObserver(unet_q), loader, return_predictions=False)
     finally:
-        handle.remove()
         unet_q.to(place).train(training)  # Lightning's teardown leaves the module on the CPU
 
 

@@ -36,6 +36,42 @@ class TimestepContext:
     def __init__(self, current: Optional[TimestepValue] = None) -> None:
         self.current = current
         self.samples: Optional[torch.Tensor] = None
+        self._handles: dict[int, RemovableHandle] = {}  # id(UNet) -> its pre-hook: the context owns its hooks
+
+    def attach(self, unet: nn.Module) -> RemovableHandle:
+        """Make every forward of ``unet`` publish its timestep here (idempotent: one hook per UNet).
+
+        Registers a forward pre-hook (``with_kwargs=True``) that reads the ``timestep`` argument (positional
+        argument 1 or keyword; int, float, 0-d tensor or equal-valued batch) and sets :attr:`current` before any
+        layer runs. The value stays set after the call.
+
+        Returns:
+            The hook's handle (the same one on a second call for the same UNet).
+        """
+        if id(unet) not in self._handles:
+            self._handles[id(unet)] = unet.register_forward_pre_hook(_TimestepPreHook(self), with_kwargs=True)
+        return self._handles[id(unet)]
+
+    def is_attached(self, unet: nn.Module) -> bool:
+        """Whether :meth:`attach` hooked ``unet`` (and :meth:`detach` did not undo it)."""
+        return id(unet) in self._handles
+
+    def detach(self, unet: nn.Module) -> None:
+        """Remove the pre-hook of ``unet`` (no-op when not attached)."""
+        handle = self._handles.pop(id(unet), None)
+        if handle is not None:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def attached_to(self, unet: nn.Module) -> Iterator["TimestepContext"]:
+        """Attach to ``unet`` for a ``with`` block; a hook that was there before stays after it."""
+        attached_here = not self.is_attached(unet)
+        self.attach(unet)
+        try:
+            yield self
+        finally:
+            if attached_here:
+                self.detach(unet)
 
     def __deepcopy__(self, memo: dict) -> "TimestepContext":
         return self
@@ -131,18 +167,14 @@ class _TimestepPreHook:
 
 
 def attach_timestep_context(unet: nn.Module, context: TimestepContext) -> RemovableHandle:
-    """Make every forward of ``unet`` publish its timestep to ``context``.
-
-    Registers a forward pre-hook (``with_kwargs=True``) that reads the ``timestep`` argument
-    (positional argument 1 or keyword; int, float, 0-d tensor or equal-valued batch) and sets
-    ``context.current`` before any layer runs. The value stays set after the call.
+    """Make every forward of ``unet`` publish its timestep to ``context`` (:meth:`TimestepContext.attach`).
 
     Args:
         unet: a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` (any module whose forward takes
             ``(sample, timestep, ...)``).
-        context: the shared context read by the per-timestep quantizers.
+        context: the shared context read by the per-timestep quantizers and the temporal-feature cache.
 
     Returns:
-        The hook handle; ``handle.remove()`` detaches it.
+        The hook handle (the context keeps it; ``context.detach(unet)`` removes it).
     """
-    return unet.register_forward_pre_hook(_TimestepPreHook(context), with_kwargs=True)
+    return context.attach(unet)
