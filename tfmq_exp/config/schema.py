@@ -163,7 +163,7 @@ class ReconConfig:
     enabled: bool = False
     iters: int = 2000  # published: 20 000
     batch_size: int = 32  # published: 32
-    lr: float = 1e-2  # published: 1e-3 (Adam's default, BRECQ block_recon.py:55-56)
+    lr: float = 3e-2  # published: 1e-3 (Adam's default, BRECQ block_recon.py:55-56)
     reg_lambda: float = 0.01
     warmup: float = 0.2
     beta_start: float = 20.0
