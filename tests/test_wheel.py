@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,8 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package installed from a freshly built wheel into its own directory (dependencies from this venv)."""
     root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"  # a copy: building leaves build/ and *.egg-info behind, not in the checkout
+    skipped = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "outputs", "multirun", "wandb",
+                                     "experiments", "notebooks", "tests", "__pycache__")
+    shutil.copytree(REPO, source, ignore=skipped, symlinks=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root), str(source)],
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = root.glob("tfmq_exp-*.whl")
