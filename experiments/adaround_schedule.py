@@ -21,7 +21,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tfmq_exp.calib.capture import load_or_capture
+from tfmq_exp.calib.trajectories import load_or_capture
 from tfmq_exp.config.schema import register_configs
 from tfmq_exp.config.validate import to_config
 from tfmq_exp.models.adapters import get_adapter

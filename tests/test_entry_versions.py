@@ -17,23 +17,23 @@ import pytest
 from tfmq_exp.store import ENTRY_VERSIONS
 
 SOURCES = {
-    "calibration": ["tfmq_exp.calib.capture", "tfmq_exp.eval.sampling"],
+    "calibration": ["tfmq_exp.calib.trajectories", "tfmq_exp.eval.sampling"],
     "fp_reference": ["tfmq_exp.eval.reference", "tfmq_exp.eval.protocol", "tfmq_exp.eval.sampling",
                      "tfmq_exp.eval.metrics", "tfmq_exp.eval.extractor"],
     "reconstruction": ["tfmq_exp.recon.runner", "tfmq_exp.recon.objectives", "tfmq_exp.recon.module",
-                       "tfmq_exp.recon.units", "tfmq_exp.recon.capture", "tfmq_exp.calib.selection",
+                       "tfmq_exp.recon.units", "tfmq_exp.recon.unit_io", "tfmq_exp.calib.steps",
                        "tfmq_exp.quant.adaround", "tfmq_exp.quant.quantizer", "tfmq_exp.quant.weight_range",
-                       "tfmq_exp.quant.modules", "tfmq_exp.quant.api", "tfmq_exp.temporal.cache",
-                       "tfmq_exp.temporal.maintenance", "tfmq_exp.temporal.selection"],
+                       "tfmq_exp.quant.modules", "tfmq_exp.quant.api", "tfmq_exp.temporal.feature_cache",
+                       "tfmq_exp.temporal.maintenance", "tfmq_exp.temporal.disturbance_selection"],
     "act_reconstruction": ["tfmq_exp.recon.act_pass", "tfmq_exp.quant.act_quantizer", "tfmq_exp.quant.attention",
                            "tfmq_exp.calib.activation"],
 }
 # kind -> (version, sha256 of the listed modules' sources, first 16 hex digits)
 RECORDED = {
-    "calibration": (1, "c5a16cf02a310089"),
+    "calibration": (1, "91dd3b4e86142ae9"),
     "fp_reference": (1, "591164c0782b7dfc"),
-    "reconstruction": (2, "4113e6aa5fb98c2c"),
-    "act_reconstruction": (1, "c20e23b909c0b1fb"),
+    "reconstruction": (2, "e4e0b96eed349909"),
+    "act_reconstruction": (1, "5560f81d6dd606e3"),
 }
 
 

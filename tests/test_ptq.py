@@ -15,7 +15,7 @@ from tfmq_exp.ptq import quantize_for_method
 from tfmq_exp.quant import iter_act_quantizers, iter_attn_processors
 from tfmq_exp.recon.runner import reconstruction_settings
 from tfmq_exp.store import ArtifactStore, content_key
-from tfmq_exp.temporal.cache import CachedTemporalFeature
+from tfmq_exp.temporal.feature_cache import CachedTemporalFeature
 from tfmq_exp.timing import StageTimer
 
 TINY = ["quant=w4a8", "sampler.num_steps=4", "calib.num_samples=8", "calib.recon_samples=16", "calib.uniform_every=2",

@@ -22,7 +22,7 @@ from tfmq_exp.eval.reference import fp_reference
 from tfmq_exp.eval.sampling import noise_fingerprint, sampling_timesteps
 from tfmq_exp.models.loading import load_unet
 from tfmq_exp.ptq import check_artifact_path, eps_rel_mse, quantize_for_method
-from tfmq_exp.temporal.cache import quantization_bound
+from tfmq_exp.temporal.feature_cache import quantization_bound
 from tfmq_exp.temporal.diagnostics import diagnose_temporal_features, trajectory_cosine
 from tfmq_exp.temporal.observe import observe_temporal_features
 from tfmq_exp.tracking.temporal_figures import per_timestep_curves, temporal_heatmap

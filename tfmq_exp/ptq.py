@@ -98,8 +98,9 @@ def quantize_for_method(
     unet_fp: nn.Module, config: Config, store: ArtifactStore, timer: StageTimer, run_dir: Path
 ) -> QuantizedModel:
     """Build the quantized denoiser of ``config.method`` (or load ``config.artifact``)."""
-    from tfmq_exp.calib.activation import activation_calibration_data, calibrate_activations, fsc_modules
-    from tfmq_exp.calib.capture import load_or_capture
+    from tfmq_exp.calib.activation import activation_calibration_data, calibrate_activations
+    from tfmq_exp.calib.fsc import fsc_modules
+    from tfmq_exp.calib.trajectories import load_or_capture
     from tfmq_exp.recon import reconstruct
     from tfmq_exp.recon.act_pass import reconstruct_activations
     from tfmq_exp.temporal.maintenance import apply_maintenance

@@ -41,7 +41,7 @@ def content_key(payload: Any) -> str:
 # can alter what its entries hold (tests/test_entry_versions.py names the modules behind each kind and fails until
 # the version is bumped and the recorded source hash updated).
 ENTRY_VERSIONS: dict[str, int] = {
-    "calibration": 1,  # calib/capture.py: one FP sampling pass recorded at every step
+    "calibration": 1,  # calib/trajectories.py: one FP sampling pass recorded at every step
     "fp_reference": 1,  # eval/: FP samples, metrics and trajectories under a protocol
     "reconstruction": 2,  # recon/ + quant/: AdaRound units (2: BRECQ's lp_loss, convergence report)
     "act_reconstruction": 1,  # recon/act_pass.py: Q-Diffusion's activation pass

@@ -147,7 +147,7 @@ def test_features_use_replaced_modules() -> None:
 def test_units_of_digits_in_forward_order(models: dict) -> None:
     units = reconstruction_units(models["digits"])
     assert [(unit.name, unit.kind) for unit in units] == [
-        ("time_embedding", "tib"), ("conv_in", "layer"),
+        ("time_embedding", "time_embedding"), ("conv_in", "layer"),
         ("down_blocks.0.resnets.0", "resnet"), ("down_blocks.0.downsamplers.0", "downsampler"),
         ("down_blocks.1.resnets.0", "resnet"), ("down_blocks.1.attentions.0", "attention"),
         ("mid_block.resnets.0", "resnet"), ("mid_block.attentions.0", "attention"), ("mid_block.resnets.1", "resnet"),
@@ -170,7 +170,7 @@ def test_units_cover_every_layer_exactly_once(models: dict, form: str) -> None:
                 covered.append(f"{unit.name}.{sub_name}" if sub_name else unit.name)
     layers = [name for name, module in unet.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
     assert sorted(covered) == sorted(layers)
-    assert units[0].kind == "tib" and units[-1].name == "conv_out"
+    assert units[0].kind == "time_embedding" and units[-1].name == "conv_out"
     kinds = {unit.name: unit.kind for unit in units}
     if form.startswith("sd"):
         assert kinds["down_blocks.0.attentions.0"] == "transformer"

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tests.calib.helpers import make_config
-from tests.quant.helpers import digits_split_model_config, digits_unet, method_config, quant_config
+from tests.quant.helpers import digits_split_model_config, digits_unet
 from tfmq_exp.calib import load_or_capture
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.digits import build_digits_unet

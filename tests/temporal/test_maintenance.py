@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.helpers import small_config
-from tests.temporal.test_cache import quantized_twin, sampler_timesteps, tib_modules
+from tests.temporal.test_feature_cache import quantized_twin, sampler_timesteps, tib_modules
 from tfmq_exp.config.schema import Config, MethodConfig, ModelConfig, QuantConfig, SelectConfig
 from tfmq_exp.errors import UserError
 from tfmq_exp.models.adapters import get_adapter
@@ -24,7 +24,7 @@ from tfmq_exp.quant import (
     range_to_qparams,
     save_artifact,
 )
-from tfmq_exp.temporal.cache import CachedTemporalFeature
+from tfmq_exp.temporal.feature_cache import CachedTemporalFeature
 from tfmq_exp.temporal.maintenance import apply_maintenance, cache_bits_for, install_cache, iter_cache_modules
 
 

@@ -1,8 +1,9 @@
 """Calibration: the full-precision trajectory capture (one pass, cached), the steps that feed reconstruction,
 and activation range calibration with optional per-timestep ranges (FSC) (DESIGN 1.2, 1.4)."""
 
-from tfmq_exp.calib.activation import CalibrationBatches, calibrate_activations, fsc_modules
-from tfmq_exp.calib.capture import (
+from tfmq_exp.calib.activation import CalibrationBatches, calibrate_activations
+from tfmq_exp.calib.fsc import calibrate_tib_activations, fsc_modules
+from tfmq_exp.calib.trajectories import (
     CALIBRATION_KIND,
     CalibrationData,
     calibration_payload,
@@ -10,7 +11,7 @@ from tfmq_exp.calib.capture import (
     load_or_capture,
 )
 from tfmq_exp.calib.quant_state import quant_state
-from tfmq_exp.calib.selection import (
+from tfmq_exp.calib.steps import (
     STRATEGIES,
     normal_step_draws,
     reconstruction_indices,
@@ -25,6 +26,7 @@ __all__ = [
     "CalibrationBatches",
     "CalibrationData",
     "calibrate_activations",
+    "calibrate_tib_activations",
     "calibration_payload",
     "calibration_seed_set",
     "fsc_modules",

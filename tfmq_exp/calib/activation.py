@@ -13,7 +13,6 @@ whose order is shuffled with a fixed seed so the EMA does not favour the last sa
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -21,16 +20,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tfmq_exp.calib.capture import CalibrationData
+from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.calib.quant_state import quant_state
 from tfmq_exp.calib.quiet import quiet_lightning
-from tfmq_exp.calib.selection import select_steps
-from tfmq_exp.config.schema import Config, MethodConfig
+from tfmq_exp.calib.steps import select_steps
+from tfmq_exp.config.schema import Config
 from tfmq_exp.eval.sampling import make_trainer
-from tfmq_exp.models.adapters import get_adapter
-from tfmq_exp.quant.layout import find_submodule
 from tfmq_exp.quant import (
-    QuantModule,
     TimestepContext,
     enable_per_timestep,
     iter_act_quantizers,
@@ -86,25 +82,6 @@ class ActivationObserver(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> None:
         self.unet(batch["sample"], batch["timestep"], **batch["conditioning"], return_dict=False)
         return None
-
-
-def fsc_modules(unet_q: nn.Module, method: MethodConfig) -> Optional[list[nn.Module]]:
-    """The modules whose activation quantizers get per-timestep parameters under ``method`` (DESIGN 1.4).
-
-    Args:
-        unet_q: the quantized UNet.
-        method: ``fsc`` and ``fsc_scope`` are used.
-
-    Returns:
-        ``None`` without FSC; ``[unet_q]`` for ``fsc_scope=all``; for ``tib`` the quantized TIB layers (the
-        time-embedding MLP's Linears and every ResNet's ``time_emb_proj``, whose inputs are the temporal
-        activations).
-    """
-    if not method.fsc:
-        return None
-    if method.fsc_scope == "all":
-        return [unet_q]
-    return tib_layers(unet_q)
 
 
 def calibrate_activations(
@@ -163,41 +140,3 @@ def activation_calibration_data(data: CalibrationData, config: Config) -> Calibr
         return data
     steps = select_steps(config.method.calib_steps, data.num_steps, config.calib)
     return CalibrationData(data.x[steps], [data.timesteps[i] for i in steps], dict(data.conditioning))
-
-
-def tib_layers(unet_q: nn.Module) -> list[nn.Module]:
-    """The quantized TIB layers of ``unet_q`` (whose inputs are the temporal activations)."""
-    modules = [find_submodule(unet_q, name) for name in get_adapter(unet_q).tib().layer_names()]
-    return [module for module in modules if isinstance(module, QuantModule)]
-
-
-@torch.no_grad()
-def calibrate_tib_activations(
-    unet_q: nn.Module, timesteps: Sequence[int], context: TimestepContext, per_timestep: bool, fsc_range: str = "minmax"
-) -> None:
-    """Calibrate the TIB's activation quantizers alone, from the TIB's own forward at each timestep.
-
-    The TIB's activations depend on ``t`` alone (and its weights), so one evaluation per ``t`` gives exactly the
-    ranges the full calibration pass gives them with FSC. Disturbance-aware selection needs them before block
-    reconstruction (DESIGN 1.6); the full pass later recomputes the same values.
-
-    Args:
-        unet_q: the quantized UNet (TIAR done).
-        timesteps: the sampler's finite timestep set.
-        context: the shared timestep context.
-        per_timestep: FSC (per-timestep parameters) on the TIB's quantizers.
-        fsc_range: FSC's range statistic.
-    """
-    layers = tib_layers(unet_q)
-    if not layers:
-        return
-    if per_timestep:
-        enable_per_timestep(layers, timesteps, context, fsc_range)
-    adapter = get_adapter(unet_q)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(quant_state(unet_q, weight=True, act=False))
-        for layer in layers:
-            stack.enter_context(observing_activations(layer))
-        for t in timesteps:
-            with context.at(t):
-                adapter.temporal_features([t])

@@ -5,7 +5,7 @@ timestep sets); :func:`apply_quantization_map` rebuilds that layout on a fresh f
 dict can be loaded into it.
 
 Besides quantized layers, other code may replace whole modules (e.g. the temporal-feature cache of
-``tfmq_exp.temporal.cache`` in place of a TIB projection). Such a class registers itself with
+``tfmq_exp.temporal.feature_cache`` in place of a TIB projection). Such a class registers itself with
 :func:`register_map_module`: it describes itself with ``map_entry()`` and is rebuilt, around the float module
 found at its name, by ``from_map_entry(module, entry, context)`` before the quantized layers are rebuilt (a
 quantized layer may live inside it).

@@ -29,12 +29,12 @@ from typing import Any
 
 from torch import nn
 
-from tfmq_exp.calib.capture import CalibrationData
+from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.config.schema import Config
 from tfmq_exp.eval.reference import weights_fingerprint
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import ActQuantizer, TimestepContext, iter_act_quantizers
-from tfmq_exp.recon.capture import capture_inputs, capture_output
+from tfmq_exp.recon.unit_io import capture_inputs, capture_output
 from tfmq_exp.recon.checkpoint import UnitCheckpoints, run_resumable
 from tfmq_exp.recon.module import ReconstructionModule, fit_unit
 from tfmq_exp.recon.objectives import BlockOutputObjective, UnitDataset, evaluate_objective

@@ -6,7 +6,7 @@ plus the regulariser. Batches are dicts ``{"inputs": {key: Tensor[B, ...]}, "tar
 - :class:`BlockOutputObjective` (BRECQ / Q-Diffusion, DESIGN 1.3): the published ``lp_loss``,
   ``|out_q - out_fp|^p`` summed over the channel dimension and averaged over the spatial positions (tokens)
   of each sample; its batch mean is ``lp_loss(..., reduction='none')`` exactly.
-- :class:`TemporalFeatureObjective` (TIAR, DESIGN 1.4): ``sum_i ||e_i(t) - e_hat_i(t)||^2`` per timestep.
+- TIAR's objective lives in :mod:`tfmq_exp.recon.tiar`.
 - :class:`RoundingRegulariser`: ``lambda * sum(1 - |2 h(a) - 1|^beta)`` on the unit's AdaRound variables, with
   the warmup / beta schedule of :class:`~tfmq_exp.quant.RoundingSchedule`.
 """
@@ -19,9 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import RoundingSchedule, TimestepContext, WeightQuantizer
-from tfmq_exp.recon.capture import CallTemplate, first_tensor
+from tfmq_exp.recon.unit_io import CallTemplate, first_tensor
 
 Batch = dict[str, Any]
 
@@ -76,55 +75,6 @@ class BlockOutputObjective:
         else:
             output = first_tensor(self.template(unit, batch["inputs"]))
         return lp_per_sample(output, batch["target"], self.p)
-
-    def __call__(self, unit: nn.Module, batch: Batch) -> Tensor:
-        """The batch mean of :meth:`per_sample`."""
-        return self.per_sample(unit, batch).mean()
-
-
-class TemporalFeatureUnit(nn.Module):
-    """The TIB as one unit: timesteps ``t [B]`` -> temporal features ``{i: e_i(t) [B, C_i]}`` (DESIGN 1.4).
-
-    Runs the UNet's own time path (``time_proj``, ``time_embedding``, each ResNet's nonlinearity and
-    ``time_emb_proj``) through its adapter, so quantized replacements of those layers are used.
-
-    Args:
-        unet: the UNet whose TIB is evaluated (registered as a submodule; nothing is copied).
-
-    Raises:
-        NotImplementedError: the UNet's temporal features depend on more than ``t`` (class labels, SD-XL
-            added conditioning); TIAR over ``t`` alone does not describe them.
-    """
-
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-        self.adapter = get_adapter(unet)
-        if not self.adapter.tib().depends_only_on_t:
-            raise NotImplementedError(
-                f"TIAR needs temporal features that depend on t alone; {type(unet).__name__} mixes in "
-                f"{list(self.adapter.tib().conditioning_modules)}"
-            )
-
-    def forward(self, timesteps: Tensor) -> dict[str, Tensor]:
-        return self.adapter.temporal_features(timesteps)
-
-
-class TemporalFeatureObjective:
-    """``sum_i ||e_i(t) - e_hat_i(t)||^2`` per timestep ``t`` (TIAR's loss without the regulariser).
-
-    As TFMQ-DM's ``LossFuncTimeEmbedding`` (``quant/reconstruction_util.py:132-136`` at d551eac): ``lp_loss``
-    with ``p = 2`` on each ``[B, C_i]`` feature, summed over the features.
-    """
-
-    def per_sample(self, unit: nn.Module, batch: Batch) -> Tensor:
-        features = unit(batch["inputs"]["timesteps"])
-        total = None
-        for name, target in batch["target"].items():
-            error = lp_per_sample(features[name], target)  # [B]: features are [B, C_i], so sum over C_i
-            total = error if total is None else total + error
-        assert total is not None
-        return total
 
     def __call__(self, unit: nn.Module, batch: Batch) -> Tensor:
         """The batch mean of :meth:`per_sample`."""

@@ -8,7 +8,7 @@ TIAR and before the blocks, DESIGN 1.6). For each unit of the phase's plan (:fun
 2. build its data: for TIAR the timesteps ``t`` of the calibration set and the full-precision temporal features
    ``e_i(t)``; for a block the inputs it receives in the network quantized so far (weights quantized with the
    rounding learned so far, activations in full precision) and the full-precision block's output, both on the
-   same reconstruction samples (:func:`~tfmq_exp.calib.selection.reconstruction_set`);
+   same reconstruction samples (:func:`~tfmq_exp.calib.steps.reconstruction_set`);
 3. start AdaRound (soft) on its layers, fit a :class:`~tfmq_exp.recon.module.ReconstructionModule`, record the
    convergence evidence (:func:`convergence_report`), switch to hard rounding and freeze the codes;
 4. checkpoint it.
@@ -29,26 +29,25 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from tfmq_exp.calib.capture import CalibrationData
+from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.calib.quant_state import quant_state
-from tfmq_exp.calib.selection import reconstruction_indices
+from tfmq_exp.calib.steps import reconstruction_indices
 from tfmq_exp.config.schema import Config
 from tfmq_exp.eval.reference import weights_fingerprint
 from tfmq_exp.quant import QuantModule, RoundingSchedule, TimestepContext, WeightQuantizer, freeze_weights
 from tfmq_exp.quant import set_soft_rounding
 from tfmq_exp.quant.adaround import rectified_sigmoid
-from tfmq_exp.recon.capture import ReconSamples, capture_inputs, capture_output
+from tfmq_exp.recon.unit_io import ReconSamples, capture_inputs, capture_output
 from tfmq_exp.recon.checkpoint import UnitCheckpoints, run_resumable
 from tfmq_exp.recon.module import ReconstructionModule, fit_unit
 from tfmq_exp.recon.objectives import (
     BlockOutputObjective,
     Objective,
     RoundingRegulariser,
-    TemporalFeatureObjective,
-    TemporalFeatureUnit,
     UnitDataset,
     evaluate_objective,
 )
+from tfmq_exp.recon.tiar import TemporalFeatureObjective, TemporalFeatureUnit, tiar_dataset
 from tfmq_exp.recon.units import TIAR_KIND, ReconUnit, plan_units
 from tfmq_exp.store import content_key
 
@@ -221,13 +220,9 @@ def _optimise(
 def _tiar(unit: ReconUnit, unet_q: nn.Module, unet_fp: nn.Module, data: CalibrationData, config: Config,
           device: str, progress: bool) -> dict[str, Any]:
     """TIAR: the TIB against the full-precision temporal features over all calibration timesteps."""
-    timesteps = torch.tensor(data.timesteps, dtype=torch.long)
-    with torch.no_grad():
-        target = {name: value.cpu() for name, value in TemporalFeatureUnit(unet_fp)(timesteps.to(device)).items()}
-    dataset = UnitDataset({"timesteps": timesteps}, target)
+    dataset = tiar_dataset(unet_fp, data.timesteps, device)
     module = TemporalFeatureUnit(unet_q)
-    objective = TemporalFeatureObjective()
-    return _optimise(unit, module, objective, dataset, unet_q, config, len(timesteps), device, progress)
+    return _optimise(unit, module, TemporalFeatureObjective(), dataset, unet_q, config, len(dataset), device, progress)
 
 
 def _block(unit: ReconUnit, unet_q: nn.Module, unet_fp: nn.Module, samples: ReconSamples, config: Config,

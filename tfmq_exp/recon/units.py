@@ -34,7 +34,7 @@ class ReconUnit:
     Attributes:
         index: position in the plan (seeds the unit's randomness, prefixes its checkpoint).
         name: ``tib`` for TIAR, else the unit's dotted module name in the UNet.
-        kind: ``tiar``, or the adapter's unit kind (``resnet``, ``attention``, ``tib``, ...).
+        kind: ``tiar``, or the adapter's unit kind (``resnet``, ``attention``, ``time_embedding``, ...).
         layer_names: the quantized layers whose rounding this unit learns.
         state_roots: modules whose state dicts form the unit's checkpoint (the unit module; for TIAR its layers).
     """

@@ -38,7 +38,7 @@ from tfmq_exp.errors import CacheMismatchError, UserError
 from tfmq_exp.models.adapters import TIBSpec, get_adapter
 from tfmq_exp.quant.context import TimestepContext
 from tfmq_exp.quant.layout import replace_module
-from tfmq_exp.temporal.cache import (
+from tfmq_exp.temporal.feature_cache import (
     PARAM_BYTES_PER_ROW,
     CachedTemporalFeature,
     TimeEmbeddingPlaceholder,
@@ -46,7 +46,7 @@ from tfmq_exp.temporal.cache import (
     listing,
 )
 from tfmq_exp.temporal.features import collect_temporal_features
-from tfmq_exp.temporal.selection import require_t_only, select_maintenance
+from tfmq_exp.temporal.disturbance_selection import require_t_only, select_maintenance
 
 DEFAULT_CACHE_BITS = 8
 CONDITIONED_TIME_EMBEDDING = "time_embedding.cond_proj"
@@ -287,7 +287,7 @@ def apply_maintenance(
         JSON-serialisable sections: ``{"cache": {...}}`` for ``cache``, plus ``"selection"`` for ``select``;
         ``{}`` for ``tib`` (nothing to do).
     """
-    from tfmq_exp.calib.activation import calibrate_tib_activations
+    from tfmq_exp.calib.fsc import calibrate_tib_activations
 
     method = config.method
     bits = cache_bits_for(config)

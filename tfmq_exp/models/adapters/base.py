@@ -217,7 +217,7 @@ class UNetAdapter(ABC):
     ) -> list[Unit]:
         """Cut the UNet into block-reconstruction units, in forward order (DESIGN 1.3).
 
-        Units: the TIB's time-embedding MLP (kind ``tib``), conditioning embeddings with layers (``embedding``),
+        Units: the TIB's time-embedding MLP (kind ``time_embedding``), conditioning embeddings with layers (``embedding``),
         every ResNet block, transformer block, attention module outside a transformer, down/up-sampler, and
         every leftover layer of ``layer_types`` (``layer``). Each layer of ``layer_types`` belongs to exactly
         one unit; units without such layers are dropped, as are modules the forward never calls (logged).
@@ -229,7 +229,7 @@ class UNetAdapter(ABC):
         """
         tib = self._tib
         chosen: dict[str, tuple[nn.Module, str]] = {
-            tib.time_embedding: (self.unet.get_submodule(tib.time_embedding), "tib")
+            tib.time_embedding: (self.unet.get_submodule(tib.time_embedding), "time_embedding")
         }
         for name in tib.conditioning_modules:
             if not _inside(name, chosen):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-UNIT_KINDS = ("tib", "embedding", "resnet", "attention", "transformer", "downsampler", "upsampler", "layer")
+UNIT_KINDS = ("time_embedding", "embedding", "resnet", "attention", "transformer", "downsampler", "upsampler", "layer")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class Unit:
         name: dotted name of ``module`` inside the UNet (use ``other_unet.get_submodule(name)`` to find the
             same unit in a quantized copy).
         module: the module itself.
-        kind: one of ``UNIT_KINDS``: ``tib`` (the time-embedding MLP), ``embedding`` (a conditioning
+        kind: one of ``UNIT_KINDS``: ``time_embedding`` (the time-embedding MLP), ``embedding`` (a conditioning
             embedding such as ``class_embedding`` or ``add_embedding``), ``resnet``, ``attention``,
             ``transformer``, ``downsampler``, ``upsampler``, or ``layer`` (a leftover Conv2d / Linear).
     """

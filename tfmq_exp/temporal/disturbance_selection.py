@@ -3,7 +3,7 @@
 For every temporal feature ``i`` and sampling timestep ``t``, two options give ``e_hat_i(t)``:
 
 - ``tib``: the calibrated quantized TIB (TIAR rounding, FSC parameters selected with ``context.at(t)``);
-- ``cache``: the full-precision ``e_i(t)`` quantized per ``(t, i)`` (what :mod:`tfmq_exp.temporal.cache`
+- ``cache``: the full-precision ``e_i(t)`` quantized per ``(t, i)`` (what :mod:`tfmq_exp.temporal.feature_cache`
   stores, bit for bit).
 
 Their disturbance against the full-precision ``e_i(t)`` is measured on the feature (MSE, relative MSE,
@@ -29,7 +29,7 @@ from tfmq_exp.config.schema import SelectConfig
 from tfmq_exp.errors import UserError
 from tfmq_exp.models.adapters import TIBSpec, UNetAdapter, get_adapter
 from tfmq_exp.quant.context import TimestepContext
-from tfmq_exp.temporal.cache import dequantize_rows, quantize_rows, row_bytes
+from tfmq_exp.temporal.feature_cache import dequantize_rows, quantize_rows, row_bytes
 from tfmq_exp.temporal.diagnostics import temporal_feature_errors
 from tfmq_exp.temporal.features import TemporalFeatureSet, collect_temporal_features
 

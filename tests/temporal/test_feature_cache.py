@@ -14,7 +14,7 @@ from tfmq_exp.errors import CacheMismatchError
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.tiny import build_tiny_unet
 from tfmq_exp.quant import TimestepContext, fake_quantize, observing_activations, range_to_qparams
-from tfmq_exp.temporal.cache import (
+from tfmq_exp.temporal.feature_cache import (
     CachedTemporalFeature,
     TimeEmbeddingPlaceholder,
     code_dtype,

@@ -7,14 +7,14 @@ import copy
 import pytest
 import torch
 
-from tests.temporal.test_cache import quantized_twin, sampler_timesteps
+from tests.temporal.test_feature_cache import quantized_twin, sampler_timesteps
 from tfmq_exp.config.schema import SelectConfig
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import QuantLinear
-from tfmq_exp.temporal.cache import CachedTemporalFeature, TimeEmbeddingPlaceholder, row_bytes
+from tfmq_exp.temporal.feature_cache import CachedTemporalFeature, TimeEmbeddingPlaceholder, row_bytes
 from tfmq_exp.temporal.maintenance import install_cache, iter_cache_modules
 from tfmq_exp.temporal.observe import observe_temporal_features
-from tfmq_exp.temporal.selection import METRIC_KEYS, SCORE_KEY, Disturbance, choose, measure_disturbance
+from tfmq_exp.temporal.disturbance_selection import METRIC_KEYS, SCORE_KEY, Disturbance, choose, measure_disturbance
 
 
 def crafted(scores: dict[str, tuple[list[float], list[float]]], channels: dict[str, int]) -> Disturbance:

@@ -22,7 +22,7 @@ import torch
 from scipy.stats import skewnorm
 from torch import Tensor
 
-from tfmq_exp.calib.capture import CalibrationData
+from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.config.schema import CalibConfig
 
 STRATEGIES = ("all", "uniform", "normal")
