@@ -112,8 +112,8 @@ def test_experiments_use_the_parallel_launcher_and_sweep_every_axis(conf_dir: Pa
     GlobalHydra.instance().clear()
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     params = cfg.hydra.sweeper.params
-    assert set(params.method.split(",")) == {"fp", "naive", "ptq4dm", "qdiffusion", "tiar", "fsc", "tfmq", "tfmq_released",
-                                             "tfmq_cache", "tfmq_select"}
+    assert set(params.method.split(",")) == {"fp", "naive", "ptq4dm", "qdiffusion", "tiar", "fsc", "tfmq", "tfmq_cache",
+                                             "tfmq_select"}
     assert {"w8a8", "w4a8", "w4a32", "w8a4", "w4a8t4"} == set(params.quant.split(","))
     assert params.seed == "0,1,2" and set(params.model.split(",")) == {"digits", "digits_ss"}
 
