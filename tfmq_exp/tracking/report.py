@@ -111,8 +111,9 @@ def build_report(root: Path, out_dir: Path | None = None, baseline: str = "qdiff
         f"# Sweep report: `{root}`",
         "",
         f"{len(finished)} finished runs, {len(failed)} failed. Values are mean ± std over seeds; paired "
-        "differences are averaged over seed sets with a two-sided 95 % Student-t interval in brackets "
-        "(runs with the same seed set share their evaluation noise; the FP reference is recomputed under each "
+        "differences are averaged over replicates (evaluation seed set, calibration seed) with a two-sided 95 % "
+        "Student-t interval in brackets (runs of one replicate share their evaluation noise and calibration data; the "
+        "FP reference is recomputed under each "
         "run's protocol).",
     ]
     plots: list[Path] = []
