@@ -24,7 +24,9 @@ SOURCES = {
                        "tfmq_exp.recon.units", "tfmq_exp.recon.unit_io", "tfmq_exp.calib.steps",
                        "tfmq_exp.quant.adaround", "tfmq_exp.quant.quantizer", "tfmq_exp.quant.weight_range",
                        "tfmq_exp.quant.modules", "tfmq_exp.quant.api", "tfmq_exp.temporal.feature_cache",
-                       "tfmq_exp.temporal.maintenance", "tfmq_exp.temporal.disturbance_selection"],
+                       "tfmq_exp.temporal.maintenance", "tfmq_exp.temporal.disturbance_selection",
+                       "tfmq_exp.recon.tiar", "tfmq_exp.recon.checkpoint", "tfmq_exp.calib.fsc",
+                       "tfmq_exp.quant.context"],
     "act_reconstruction": ["tfmq_exp.recon.act_pass", "tfmq_exp.quant.act_quantizer", "tfmq_exp.quant.attention",
                            "tfmq_exp.calib.activation"],
 }
@@ -32,8 +34,8 @@ SOURCES = {
 RECORDED = {
     "calibration": (1, "91dd3b4e86142ae9"),
     "fp_reference": (1, "591164c0782b7dfc"),
-    "reconstruction": (2, "e4e0b96eed349909"),
-    "act_reconstruction": (1, "5560f81d6dd606e3"),
+    "reconstruction": (2, "8c37642f20d3ac25"),
+    "act_reconstruction": (1, "38f94fe5d2e77daf"),
 }
 
 

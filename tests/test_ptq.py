@@ -99,3 +99,23 @@ def test_selection_runs_after_tiar_and_before_the_blocks(conf_dir, tmp_path, met
     assert "tib" in units and list(units)[0] == "tib"
     assert not any(layer.endswith("time_emb_proj") for layer in layers - set(units["tib"]["layers"]))
     assert len(cached) == quantized.sections["cache"]["modules"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["method=tfmq_select", "method.select.per_timestep=true", "method.select.cache_budget_bytes=200"],
+     ["method=tfmq_cache", "method.cache_fallback=true"]],
+    ids=["select-per-timestep", "cache-fallback"],
+)
+def test_caches_that_keep_the_tib_as_fallback_reconstruct_and_calibrate(conf_dir, tmp_path, overrides) -> None:
+    config = _config(conf_dir, tmp_path / "cache", *overrides)
+    _, quantized = _quantize(config, tmp_path)
+    fallbacks = [m for name, m in quantized.unet.named_modules() if isinstance(m, CachedTemporalFeature)
+                 and m.fallback is not None]
+    assert fallbacks  # the TIB path stays inside the cache modules for routed / missing timesteps
+    units = quantized.sections["reconstruction"]["units"]
+    assert not any(".fallback." in layer for entry in units.values() for layer in entry["layers"])
+    if config.method.select.per_timestep:  # a mix: some (feature, t) cached, the others routed to the TIB
+        choice = quantized.sections["selection"]["choice"]
+        options = {option for per_t in choice.values() for option in per_t.values()}
+        assert options == {"cache", "tib"}

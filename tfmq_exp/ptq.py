@@ -34,7 +34,7 @@ from tfmq_exp.quant import (
     save_artifact,
 )
 from tfmq_exp.recon.runner import reconstruction_settings
-from tfmq_exp.store import ArtifactStore
+from tfmq_exp.store import ENTRY_VERSIONS, ArtifactStore
 from tfmq_exp.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def _act_pass_dir(config: Config, store: ArtifactStore, fingerprint: str) -> Pat
     from tfmq_exp.recon.act_pass import act_pass_settings
 
     return store.root / "act_reconstruction" / store.key(
-        "act_reconstruction", {"weights": fingerprint, **act_pass_settings(config)}
+        "act_reconstruction",
+        {"weights": fingerprint, "reconstruction_version": ENTRY_VERSIONS["reconstruction"], **act_pass_settings(config)},
     )
 
 
@@ -103,7 +104,7 @@ def quantize_for_method(
     from tfmq_exp.calib.trajectories import load_or_capture
     from tfmq_exp.recon import reconstruct
     from tfmq_exp.recon.act_pass import reconstruct_activations
-    from tfmq_exp.temporal.maintenance import apply_maintenance
+    from tfmq_exp.temporal.maintenance import apply_maintenance, iter_cache_modules
 
     if config.artifact:
         return load_quantized(unet_fp, config, timer)
@@ -143,9 +144,11 @@ def quantize_for_method(
         maintain()  # after TIAR (the TIB option it compares), before the blocks
     sections["reconstruction"] = _merge_reports(tiar_report, reconstruct_phase("blocks"))
     with timer("act_calibration"):
+        fallbacks = [module.fallback for _, module in iter_cache_modules(unet_q) if module.fallback is not None]
         calibrate_activations(
             unet_q, activation_calibration_data(data, config), context, fsc_modules(unet_q, method),
             device=config.runtime.device, progress=config.runtime.progress, fsc_range=method.fsc_range,
+            lenient=fallbacks,
         )
     if method.act_recon.enabled:
         directory = _act_pass_dir(config, store, fingerprint)

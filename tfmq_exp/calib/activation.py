@@ -94,6 +94,7 @@ def calibrate_activations(
     progress: bool = False,
     seed: int = 0,
     fsc_range: str = "minmax",
+    lenient: Sequence[nn.Module] = (),
 ) -> None:
     """Calibrate every activation quantizer of ``unet_q`` on all calibration steps (FSC where requested).
 
@@ -109,6 +110,8 @@ def calibrate_activations(
         progress: show the predict progress bar.
         seed: seed of the batch order.
         fsc_range: range statistic of the per-timestep quantizers, ``minmax`` (the paper's) or ``mse``.
+        lenient: modules whose quantizers keep their earlier parameters where this pass sees too little of them
+            (a cache's fallback TIB, calibrated on every timestep by ``calibrate_tib_activations``).
 
     Raises:
         RuntimeError: a quantizer (or a timestep of a per-timestep quantizer) observed nothing.
@@ -122,7 +125,7 @@ def calibrate_activations(
     unet_q.eval()
     try:
         with quiet_lightning(), context.attached_to(unet_q), quant_state(unet_q, weight=True, act=False), \
-                observing_activations(unet_q):
+                observing_activations(unet_q, lenient=lenient):
             make_trainer(device, progress).predict(ActivationObserver(unet_q), loader, return_predictions=False)
     finally:
         unet_q.to(place).train(training)  # Lightning's teardown leaves the module on the CPU
@@ -132,9 +135,11 @@ def activation_calibration_data(data: CalibrationData, config: Config) -> Calibr
     """The steps activation ranges are computed on (``method.act_calib_steps``).
 
     ``all``: every sampling step (DESIGN 1.2; TFMQ-DM calibrates on all of them). ``recon_set``: the steps
-    ``method.calib_steps`` selects for reconstruction, as Q-Diffusion passes its calibration set to the activation
-    initialisation too (``scripts/sample_diffusion_ldm.py:537, 548`` at 715783d) and PTQ4DM calibrates its
-    quantizers on its NDTC set (``quant_image_sample.py:264-273`` at 180a4d1).
+    ``method.calib_steps`` selects for reconstruction, with every recorded trajectory at each, as Q-Diffusion
+    initialises activations on its calibration steps (``scripts/sample_diffusion_ldm.py:537, 548`` at 715783d:
+    there the first 64 samples of its set) and PTQ4DM calibrates its quantizers on its NDTC steps
+    (``quant_image_sample.py:264-273`` at 180a4d1). The steps are taken once each (PTQ4DM's draw counts, which
+    weight its reconstruction set, do not weight the ranges).
     """
     if config.method.act_calib_steps == "all":
         return data

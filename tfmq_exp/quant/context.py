@@ -89,12 +89,12 @@ class TimestepContext:
         Returns:
             A context manager yielding this context; the previous value is restored on exit.
         """
-        previous = self.current
-        self.current = timestep_value(timestep)
+        previous = self.current, self.samples
+        self.current, self.samples = timestep_value(timestep), None
         try:
             yield self
         finally:
-            self.current = previous
+            self.current, self.samples = previous
 
 
     @contextlib.contextmanager

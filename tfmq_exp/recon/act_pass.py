@@ -47,7 +47,7 @@ from tfmq_exp.recon.runner import (
     unit_seed,
 )
 from tfmq_exp.recon.units import ReconUnit
-from tfmq_exp.store import content_key
+from tfmq_exp.store import ENTRY_VERSIONS, content_key
 
 log = logging.getLogger(__name__)
 KIND_SUFFIX = "-act"
@@ -159,6 +159,8 @@ def reconstruct_activations(
         device = resolve_device(config.runtime.device)
         key = content_key({
             "format": 1, "weights": weights_fingerprint(unet_fp), **act_pass_settings(config),
+            # its checkpoints hold the units' weight codes too: a new reconstruction version invalidates them
+            "reconstruction_version": ENTRY_VERSIONS["reconstruction"],
             "plan": [unit.to_dict() for unit, _ in plan], "capture_batch_size": capture_batch_size(config),
         })  # fmt: skip
         checkpoints = UnitCheckpoints(checkpoint_dir, key, activations=True)

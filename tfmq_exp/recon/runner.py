@@ -115,8 +115,10 @@ def reconstruction_settings(config: Config, phase: str = "all") -> dict:
     quant = {k: v for k, v in asdict(config.quant).items() if k not in ACTIVATION_ONLY_FIELDS}
     if phase != "tiar" and maintenance != "tib":
         method["resolved_cache_bits"] = cache_bits_for(config)
-        if maintenance == "select":
+        if maintenance == "select":  # the TIB option's error depends on its activation quantizers
             quant["temporal_a_bits"] = config.quant.effective_temporal_a_bits
+            quant["act_range"] = config.method.act_range or config.quant.act_range
+            quant["ema_momentum"] = config.quant.ema_momentum
     return {"phase": phase, "model": asdict(config.model), "quant": quant, "method": method,
             "calib": asdict(config.calib), "sampler": asdict(config.sampler)}
 

@@ -22,6 +22,7 @@ from tfmq_exp.config.schema import MethodConfig
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import QuantModule, iter_quant_modules
 from tfmq_exp.quant.layout import find_submodule
+from tfmq_exp.temporal.feature_cache import TimestepKeyedModule
 
 TIAR_UNIT = "tib"
 TIAR_KIND = "tiar"
@@ -75,8 +76,11 @@ def plan_units(unet_q: nn.Module, unet_fp: nn.Module, method: MethodConfig) -> l
             units.append(ReconUnit(0, TIAR_UNIT, TIAR_KIND, tib_layers, tib_layers))
 
     def excluded(name: str) -> bool:
-        """TIAR's layers, and TIB layers kept inside a cache module (a per-timestep selection's fallback)."""
-        inside_cache = any(name.startswith(f"{tib}.") for tib in tib_names)
+        """TIAR's layers, and layers kept inside a temporal-feature cache module as its fallback (they run only
+        on routed timesteps; TIAR, when it ran, already learned their rounding)."""
+        parts = name.split(".")
+        prefixes = (".".join(parts[:end]) for end in range(1, len(parts)))
+        inside_cache = any(isinstance(find_submodule(unet_q, prefix), TimestepKeyedModule) for prefix in prefixes)
         return name in tib_layers or inside_cache
 
     if method.recon.enabled:

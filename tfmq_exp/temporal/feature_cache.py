@@ -135,23 +135,26 @@ class TimestepKeyedModule(nn.Module):
             return True
         return self.fallback is not None and (self.fallback_all or timestep in self._routed)
 
-    def _sample_rows(self) -> Optional[Tensor]:
-        """Table rows ``[B]`` of the context's per-sample timesteps (a call on a unit), or ``None``.
+    def _per_sample(self, x: Tensor) -> Optional[Tensor]:
+        """The output for a call whose samples have their own timesteps (``context.samples``), else ``None``.
 
-        Raises:
-            CacheMismatchError: a sample's timestep is not in the table (per-sample calls never fall back).
+        A reconstruction unit is fitted on batches that mix timesteps (:meth:`TimestepContext.for_samples`): each
+        group of samples with one timestep goes through the normal routing (table row, or the wrapped module for a
+        routed timestep), and the outputs are put back in sample order.
         """
         samples = None if self.context is None else self.context.samples
         if samples is None:
             return None
         values = [int(t) for t in samples.tolist()]
-        missing = sorted({t for t in values if t not in self._rows})
-        if missing:
-            raise CacheMismatchError(
-                f"timesteps {listing(missing)} of a per-sample call are not in the temporal-feature cache; cached "
-                f"timesteps: {listing(self.cached_timesteps())}"
-            )
-        return torch.tensor([self._rows[t] for t in values], dtype=torch.long, device=self.timesteps.device)
+        parts, order = [], []
+        for timestep in dict.fromkeys(values):
+            index = [i for i, value in enumerate(values) if value == timestep]
+            with self.context.at(timestep):
+                parts.append(self(x[index]))
+            order.extend(index)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts)[inverse.to(x.device)]
 
     def _route(self) -> Optional[int]:
         """Table row of the current timestep, or ``None`` when the wrapped module must run.
@@ -258,10 +261,9 @@ class CachedTemporalFeature(TimestepKeyedModule):
         Within :meth:`TimestepContext.for_samples` (a unit called on a batch of several timesteps) each sample
         gets the row of its own timestep.
         """
-        rows = self._sample_rows()
-        if rows is not None:
-            values = dequantize_rows(self.codes[rows], self.scale[rows], self.zero_point[rows])  # [B, C]
-            return values.to(x.dtype if x.is_floating_point() else values.dtype)
+        per_sample = self._per_sample(x)
+        if per_sample is not None:
+            return per_sample
         row = self._route()
         if row is None:
             return self._run_fallback(x, *args, **kwargs)
@@ -301,8 +303,9 @@ class TimeEmbeddingPlaceholder(TimestepKeyedModule):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Zeros ``[B, out_features]`` (``B = x.shape[0]``), or the wrapped module's output."""
-        if self._sample_rows() is not None:
-            return self.zeros.expand(x.shape[0], -1)
+        per_sample = self._per_sample(x)
+        if per_sample is not None:
+            return per_sample
         if self._route() is None:
             return self._run_fallback(x, *args, **kwargs)
         return self.zeros.expand(x.shape[0], -1)

@@ -294,6 +294,9 @@ def apply_maintenance(
     if method.maintenance == "tib":
         return {}
     if method.maintenance == "cache":
+        if method.cache_fallback and get_adapter(unet_fp).tib().depends_only_on_t:
+            # the TIB kept as the fallback runs off the sampler's set only: calibrate it on every t now
+            calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
         return {"cache": install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)}
     require_t_only(get_adapter(unet_fp).tib())
     calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
