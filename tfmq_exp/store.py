@@ -5,14 +5,13 @@ Each entry lives in ``<root>/<kind>/<key>/`` where ``key`` hashes everything tha
 weights of every model it uses, and the version of the computation of its kind (:data:`ENTRY_VERSIONS`; a test,
 ``tests/test_entry_versions.py``, fails when the code behind a kind changes until its version is bumped), so an
 edit elsewhere (a plot label) keeps every entry while a changed computation never reuses a stale one; its tensors are
-one safetensors file whose sha256 is recorded in ``meta.json``. Writers hold an exclusive ``fcntl`` lock on the
+one safetensors file whose sha256 is recorded in ``meta.json``. Writers hold an exclusive ``filelock`` lock on the
 entry and publish with an atomic rename, so parallel runs on a cold cache compute an entry once and never
 read a half-written one; a corrupt entry is detected, reported with a warning and rebuilt.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,10 @@ def file_sha256(path: Path) -> str:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``path`` (``filelock``: an OS lock, released if the holder dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 class ArtifactStore:

@@ -20,6 +20,7 @@ _GROUP_SCHEMAS = {
     "method": schema.MethodConfig,
     "method.recon": schema.ReconConfig,
     "method.select": schema.SelectConfig,
+    "method.act_recon": schema.ActReconConfig,
     "calib": schema.CalibConfig,
     "eval": schema.EvalConfig,
     "logger": schema.LoggerConfig,
@@ -46,9 +47,10 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def _full_key(message: str) -> str | None:
-    match = re.search(r"full_key: ([\w.]+)", message)
-    return match.group(1) if match else None
+def _full_key(error: BaseException) -> str | None:
+    """The dotted key an OmegaConf error is about (its ``full_key`` attribute), if any."""
+    key = getattr(error, "full_key", None)
+    return str(key) if key else None
 
 
 def _valid_keys(parent: str) -> list[str]:
@@ -66,7 +68,7 @@ def explain(error: BaseException) -> str:
             return f"{group}={name} is not a known option; valid choices for '{group}': {', '.join(options)}"
     root = _root_cause(error)
     message = str(root).strip()
-    key = _full_key(message)
+    key = _full_key(root)
     first_line = message.splitlines()[0] if message else type(root).__name__
     if key and ("not in struct" in message or "Key '" in first_line and "not in" in first_line):
         parent = key.rpartition(".")[0]
