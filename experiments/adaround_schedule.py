@@ -48,6 +48,9 @@ def run(unit: str, iters: int, lr: float, overrides: list[str]) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as checkpoints:
         report = reconstruct(unet_q, unet_fp, config, data, Path(checkpoints))
+    if unit not in report["units"]:
+        raise SystemExit(f"adaround_schedule.py: error: {unit!r} is not a reconstruction unit of this model; "
+                         f"with model.quant_patterns=[{unit}.*] the plan held {sorted(report['units']) or 'nothing'}")
     entry = report["units"][unit]
     keys = ("loss_nearest", "loss_soft", "loss_hard", "undecided_fraction", "hard_soft_ratio", "converged", "samples")
     return {"unit": unit, "iters": iters, "lr": lr, **{k: entry[k] for k in keys},
