@@ -6,6 +6,7 @@ produced in ``summary.json`` (and W&B) inside the Hydra run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from torch import nn
 from tfmq_exp.eval.protocol import Evaluation, evaluate, real_images
 from tfmq_exp.eval.reference import fp_reference
 from tfmq_exp.eval.sampling import noise_fingerprint, sampling_timesteps
-from tfmq_exp.models.loading import load_unet
+from tfmq_exp.eval.families import conditioning_payload, generation_parts
+from tfmq_exp.models.loading import load_model
 from tfmq_exp.ptq import check_artifact_path, eps_rel_mse, quantize_for_method
 from tfmq_exp.temporal.feature_cache import quantization_bound
 from tfmq_exp.temporal.diagnostics import diagnose_temporal_features, trajectory_cosine
@@ -92,10 +94,15 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
     store = ArtifactStore(config.runtime.cache_dir)
     check_artifact_path(config)
     with timer("load"):
-        unet_fp = load_unet(config.model)
+        loaded = load_model(config.model)
+        config = dataclasses.replace(config, model=loaded.model)  # shapes and schedule of the loaded parts
+        unet_fp = loaded.unet
         real = real_images(config)
+        eval_parts = generation_parts(loaded, config, "eval")
+    summary["model_resolved"] = dataclasses.asdict(loaded.model)
     with timer("fp_reference"):
-        reference, hit = fp_reference(unet_fp, config, real, store)
+        conditions = conditioning_payload(loaded, config, "eval") if config.model.family != "pixel" else None
+        reference, hit = fp_reference(unet_fp, config, real, store, eval_parts, conditions)
     summary["fp_reference_cached"] = hit
     summary["eval_noise"] = {
         "seed_set": config.eval.seed_set,
@@ -104,11 +111,13 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
     }
     result = reference
     if config.method.quantize:
-        quantized = quantize_for_method(unet_fp, config, store, timer, run_dir)
+        calib_parts = generation_parts(loaded, config, "calib")
+        calib_conditions = conditioning_payload(loaded, config, "calib") if config.model.family != "pixel" else None
+        quantized = quantize_for_method(unet_fp, config, store, timer, run_dir, calib_parts, calib_conditions)
         summary.update(quantized.sections)
         log_quantization(summary, tracking)
         with timer("sampling_and_metrics"):
-            result = evaluate(quantized.unet, config, real)
+            result = evaluate(quantized.unet, config, real, eval_parts)
         with timer("diagnostics"):
             cache_bits = summary.get("cache", {}).get("bits")
             summary.update(diagnose(quantized.unet, unet_fp, config, reference, result, cache_bits))
@@ -128,8 +137,11 @@ def diagnose(
 ) -> dict[str, Any]:
     """Temporal-feature errors and mismatch, trajectory deviation and eps error (DESIGN 1.7, issue 9)."""
     timesteps = sampling_timesteps(config.sampler, config.model)
-    fp_features = observe_temporal_features(unet_fp, timesteps)
-    q_features = observe_temporal_features(unet_q, timesteps, feature_spec_unet=unet_fp)
+    # Conditioned temporal features (class labels, SD-XL's pooled text and size) are observed under the
+    # conditioning of the reference trajectory's last row (a conditional one under guidance).
+    conditioning = {k: v[-1:] for k, v in reference.trajectory_conditioning.items()}
+    fp_features = observe_temporal_features(unet_fp, timesteps, conditioning=conditioning)
+    q_features = observe_temporal_features(unet_q, timesteps, feature_spec_unet=unet_fp, conditioning=conditioning)
     temporal = diagnose_temporal_features(fp_features, q_features).to_summary()
     # Reference lines: what caching the exact FP features at 8 bits (or at the run's cache bit-width) costs.
     temporal["rel_mse_bound_8bit"] = quantization_bound(fp_features, 8)
@@ -140,7 +152,7 @@ def diagnose(
     temporal["trajectory_cos"] = cosines
     temporal["trajectory_cos_final"] = cosines[-1]
     temporal["trajectory_cos_min"] = min(cosines)
-    temporal.update(eps_rel_mse(unet_fp, unet_q, reference.trajectory, timesteps))
+    temporal.update(eps_rel_mse(unet_fp, unet_q, reference.trajectory, timesteps, reference.trajectory_conditioning))
     return {"temporal": temporal}
 
 
@@ -180,6 +192,6 @@ def _metrics_with_reference(result: Evaluation, reference: Evaluation) -> dict[s
         if name in ("num_samples", "seed_set") or not isinstance(value, (int, float)):
             continue
         metrics[f"{name}_fp"] = value
-        if name in result.metrics and name in ("fid", "kid", "isc", "precision", "recall"):
+        if name in result.metrics and name in ("fid", "kid", "isc", "precision", "recall", "clip_score"):
             metrics[f"{name}_delta"] = result.metrics[name] - value
     return metrics

@@ -21,7 +21,8 @@ from torch import nn
 from tfmq_exp.config.schema import Config
 from tfmq_exp.errors import CacheMismatchError
 from tfmq_exp.eval.reference import weights_fingerprint
-from tfmq_exp.eval.sampling import sampling_timesteps
+from tfmq_exp.conditioning import nest
+from tfmq_exp.eval.sampling import GenerationParts, sampling_timesteps
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant.artifact import META_FILE
 from tfmq_exp.quant import (
@@ -96,9 +97,20 @@ def _merge_reports(first: dict[str, Any], second: dict[str, Any]) -> dict[str, A
 
 
 def quantize_for_method(
-    unet_fp: nn.Module, config: Config, store: ArtifactStore, timer: StageTimer, run_dir: Path
+    unet_fp: nn.Module,
+    config: Config,
+    store: ArtifactStore,
+    timer: StageTimer,
+    run_dir: Path,
+    calib_parts: GenerationParts | None = None,
+    calib_conditions: dict[str, Any] | None = None,
 ) -> QuantizedModel:
-    """Build the quantized denoiser of ``config.method`` (or load ``config.artifact``)."""
+    """Build the quantized denoiser of ``config.method`` (or load ``config.artifact``).
+
+    Args:
+        calib_parts / calib_conditions: the family's calibration parts and their key
+            (:mod:`tfmq_exp.eval.families`); ``None`` for an unconditional pixel model.
+    """
     from tfmq_exp.calib.activation import activation_calibration_data, calibrate_activations
     from tfmq_exp.calib.fsc import fsc_modules
     from tfmq_exp.calib.trajectories import load_or_capture
@@ -114,7 +126,7 @@ def quantize_for_method(
     fingerprint = weights_fingerprint(unet_fp)
     sections: dict[str, Any] = {}
     with timer("capture"):
-        data, hit = load_or_capture(unet_fp, config, store)
+        data, hit = load_or_capture(unet_fp, config, store, calib_parts, calib_conditions)
     sections["calibration"] = {"cache_hit": hit, "steps": len(data.timesteps), "samples": int(data.x.shape[1])}
     with timer("quantize"):
         unet_q = copy.deepcopy(unet_fp)
@@ -130,7 +142,7 @@ def quantize_for_method(
 
     def maintain() -> None:
         with timer("maintenance"):
-            sections.update(apply_maintenance(unet_q, unet_fp, config, context, timesteps))
+            sections.update(apply_maintenance(unet_q, unet_fp, config, context, timesteps, data.conditioning))
 
     def reconstruct_phase(phase: str) -> dict[str, Any]:
         directory = _reconstruction_dir(config, store, fingerprint, phase)
@@ -192,7 +204,11 @@ def load_quantized(unet_fp: nn.Module, config: Config, timer: StageTimer) -> Qua
 
 @torch.no_grad()
 def eps_rel_mse(
-    unet_fp: nn.Module, unet_q: nn.Module, trajectory: torch.Tensor, timesteps: list[int]
+    unet_fp: nn.Module,
+    unet_q: nn.Module,
+    trajectory: torch.Tensor,
+    timesteps: list[int],
+    conditioning: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float | list[float]]:
     """Noise-free diagnostic: relative MSE of the quantized noise prediction along the FP trajectory.
 
@@ -203,12 +219,14 @@ def eps_rel_mse(
     Args:
         trajectory: ``[S + 1, B, C, H, W]`` full-precision ``x_t`` (the last entry, ``x_0``, is not used).
         timesteps: the S sampling timesteps, in sampling order.
+        conditioning: the UNet's conditioning of the ``B`` rows, flat (empty for unconditional models).
     """
     errors, energies = [], []
+    kwargs = nest(conditioning or {})
     for x_t, t in zip(trajectory[:-1], timesteps):
         timestep = torch.tensor(t)
-        eps_fp = unet_fp(x_t, timestep).sample
-        eps_q = unet_q(x_t, timestep).sample
+        eps_fp = unet_fp(x_t, timestep, **kwargs).sample
+        eps_q = unet_q(x_t, timestep, **kwargs).sample
         errors.append(float((eps_q - eps_fp).pow(2).sum()))
         energies.append(float(eps_fp.pow(2).sum()))
     return {

@@ -13,6 +13,7 @@ from tests.helpers import small_config
 from tests.temporal.test_feature_cache import quantized_twin, sampler_timesteps, tib_modules
 from tfmq_exp.config.schema import Config, MethodConfig, ModelConfig, QuantConfig, SelectConfig
 from tfmq_exp.errors import UserError
+from tfmq_exp.conditioning import flatten
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.tiny import build_sd_unet
 from tfmq_exp.quant import (
@@ -106,9 +107,26 @@ def test_conditioned_embedding_caches_the_t_only_part(form: str) -> None:
         expected = get_adapter(unet_q_free).temporal_embedding(torch.tensor([t, t]), kwargs)
     for name, value in received.items():
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
-    if form == "sdxl":
-        with pytest.raises(UserError, match="add_time_proj, add_embedding"):
-            apply_maintenance(unet_q, unet_fp, make_config("select"), context, timesteps)
+
+
+
+@pytest.mark.parametrize("form", ["sdxl", "digits_class"])
+def test_selection_with_conditioned_features_is_one_measured_choice_for_the_time_embedding(form: str) -> None:
+    timesteps = sampler_timesteps()
+    unet_fp, unet_q, context = quantized_twin(form, timesteps)
+    _, _, kwargs = get_adapter(unet_fp).example_inputs(batch_size=3)
+    conditioning = flatten(kwargs)
+    with pytest.raises(UserError, match="calibration data has none"):
+        apply_maintenance(unet_q, unet_fp, make_config("select"), context, timesteps)
+    sections = apply_maintenance(unet_q, unet_fp, make_config("select"), context, timesteps, conditioning)
+    selection = sections["selection"]
+    assert selection["scope"] == "time_embedding" and selection["choice"] in ("tib", "cache")
+    errors = selection["errors"]
+    assert errors["tib"]["rel_mse"] > 0 and errors["cache"]["rel_mse"] > 0  # both measured, neither exact
+    chose_cache = errors["cache"]["rel_mse"] < errors["tib"]["rel_mse"]
+    assert (selection["choice"] == "cache") == chose_cache
+    assert isinstance(unet_q.time_embedding, CachedTemporalFeature) == chose_cache
+    assert ("cache" in sections) == chose_cache
 
 
 class _Constant(nn.Module):

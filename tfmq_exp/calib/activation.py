@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tfmq_exp.conditioning import nest
 from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.calib.quant_state import quant_state
 from tfmq_exp.calib.quiet import quiet_lightning
@@ -80,7 +81,7 @@ class ActivationObserver(L.LightningModule):
         self.unet = unet
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> None:
-        self.unet(batch["sample"], batch["timestep"], **batch["conditioning"], return_dict=False)
+        self.unet(batch["sample"], batch["timestep"], **nest(batch["conditioning"]), return_dict=False)
         return None
 
 

@@ -17,8 +17,10 @@ from torch import Tensor, nn
 from tfmq_exp.calib.quiet import quiet_lightning
 from tfmq_exp.config.schema import Config
 from tfmq_exp.eval.reference import weights_fingerprint
-from tfmq_exp.eval.sampling import generate, sampling_timesteps
+from tfmq_exp.eval.sampling import GenerationParts, generate, sampling_timesteps
 from tfmq_exp.store import ArtifactStore
+
+CONDITIONING_PREFIX = "conditioning/"
 
 CALIBRATION_KIND = "calibration"
 CALIBRATION_FORMAT = 1
@@ -37,8 +39,9 @@ class CalibrationData:
         x: ``[S, N, C, H, W]``: ``x_t`` fed to the UNet at each of the ``S`` sampling steps (sampling order,
             step 0 is the noisiest) for each of the ``N`` trajectories.
         timesteps: the ``S`` timesteps ``t`` of the steps, in sampling order (the sampler's finite set).
-        conditioning: extra UNet keyword arguments per trajectory (``[N, ...]`` tensors, the same at every
-            step); empty for unconditional models.
+        conditioning: the UNet's conditioning keyword arguments per row, flat (``[N, ...]`` tensors, the same
+            at every step; see :mod:`tfmq_exp.conditioning`); empty for unconditional models. Under
+            classifier-free guidance a trajectory is two rows, ``[unconditional; conditional]``, as the UNet saw.
     """
 
     x: Tensor
@@ -72,17 +75,19 @@ def calibration_seed_set(calib_seed: int) -> int:
     return CALIBRATION_SEED_SET_OFFSET + calib_seed
 
 
-def calibration_payload(weights_id: str, config: Config) -> dict[str, Any]:
+def calibration_payload(weights_id: str, config: Config, conditions: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that determines the calibration data (its store key).
 
     Args:
         weights_id: :func:`~tfmq_exp.eval.reference.weights_fingerprint` of the full-precision UNet.
         config: the run's config (model, sampler and ``calib.num_samples`` / ``calib.seed`` are used).
+        conditions: what the family's conditions add (:func:`~tfmq_exp.eval.families.conditioning_payload`:
+            prompts' hash, label rule, guidance, the other components' weights); ``None`` for pixel models.
 
     Returns:
         A JSON-serialisable description.
     """
-    return {
+    payload = {
         "format": CALIBRATION_FORMAT,
         "weights": weights_id,
         "model": {name: getattr(config.model, name) for name in _MODEL_FIELDS},
@@ -90,9 +95,14 @@ def calibration_payload(weights_id: str, config: Config) -> dict[str, Any]:
         "num_samples": config.calib.num_samples,
         "seed": config.calib.seed,
     }
+    if conditions:
+        payload["conditions"] = conditions
+    return payload
 
 
-def _capture(unet_fp: nn.Module, config: Config) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _capture(
+    unet_fp: nn.Module, config: Config, parts: GenerationParts | None
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     timesteps = sampling_timesteps(config.sampler, config.model)
     with quiet_lightning():
         batch = generate(
@@ -105,15 +115,23 @@ def _capture(unet_fp: nn.Module, config: Config) -> tuple[dict[str, Tensor], dic
             record_trajectory=True,
             device=config.runtime.device,
             progress=config.runtime.progress,
+            parts=parts,
         )
     assert batch.trajectory is not None
     if batch.trajectory.shape[0] != len(timesteps):
         raise RuntimeError(f"sampler recorded {batch.trajectory.shape[0]} steps, expected {len(timesteps)}")
     tensors = {"x": batch.trajectory.float(), "timesteps": torch.tensor(timesteps, dtype=torch.long)}
+    tensors.update({CONDITIONING_PREFIX + name: value for name, value in batch.conditioning.items()})
     return tensors, {"timesteps": timesteps, "num_samples": config.calib.num_samples}
 
 
-def load_or_capture(unet_fp: nn.Module, config: Config, store: ArtifactStore) -> tuple[CalibrationData, bool]:
+def load_or_capture(
+    unet_fp: nn.Module,
+    config: Config,
+    store: ArtifactStore,
+    parts: GenerationParts | None = None,
+    conditions: dict[str, Any] | None = None,
+) -> tuple[CalibrationData, bool]:
     """Return the calibration data of this model / sampler / calibration setting, capturing it on a miss.
 
     One full-precision sampling pass (:func:`~tfmq_exp.eval.sampling.generate` with ``record_trajectory``)
@@ -126,13 +144,18 @@ def load_or_capture(unet_fp: nn.Module, config: Config, store: ArtifactStore) ->
         config: the run's config; ``runtime.device`` / ``runtime.progress`` and ``eval.batch_size`` only
             affect how the pass runs, not its result.
         store: the shared artifact store.
+        parts / conditions: the family's calibration parts (:func:`~tfmq_exp.eval.families.generation_parts`
+            with purpose ``calib``) and their key (:func:`~tfmq_exp.eval.families.conditioning_payload`).
 
     Returns:
         ``(data, cache_hit)``.
     """
-    payload = calibration_payload(weights_fingerprint(unet_fp), config)
-    tensors, info, hit = store.get_or_build(CALIBRATION_KIND, payload, lambda: _capture(unet_fp, config))
+    payload = calibration_payload(weights_fingerprint(unet_fp), config, conditions)
+    tensors, info, hit = store.get_or_build(CALIBRATION_KIND, payload, lambda: _capture(unet_fp, config, parts))
     timesteps = [int(t) for t in tensors["timesteps"].tolist()]
     if timesteps != [int(t) for t in info["timesteps"]]:
         raise RuntimeError(f"calibration entry is inconsistent: timesteps {timesteps} vs {info['timesteps']}")
-    return CalibrationData(x=tensors["x"], timesteps=timesteps), hit
+    conditioning = {
+        name[len(CONDITIONING_PREFIX):]: value for name, value in tensors.items() if name.startswith(CONDITIONING_PREFIX)
+    }
+    return CalibrationData(x=tensors["x"], timesteps=timesteps, conditioning=conditioning), hit

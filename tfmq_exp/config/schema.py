@@ -46,6 +46,8 @@ def _check_positive(key: str, value: float) -> None:
 # the time-embedding MLP (TFMQ-DM quant_model.py:110-119, ``modules[0]``), ResNet shortcut convolutions (TFMQ-DM
 # quant_model.py:56-66, "refer to PTQD") and the downsampler convolutions. One list for every model and method, so
 # comparisons are fair; Q-Diffusion itself keeps nothing in FP (remove patterns with ``model.fp_patterns=[...]``).
+MODEL_FAMILIES = ("pixel", "latent", "class_conditional", "text_to_image")
+SAMPLERS = ("ddim", "ddpm", "plms", "dpmsolver++")
 PUBLISHED_FP_PATTERNS = ("conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*")
 
 
@@ -55,28 +57,37 @@ class ModelConfig:
 
     Attributes:
         name: config name (``digits``, ``ddpm_cifar10``, ...).
-        family: adapter key: ``unet2d`` (``UNet2DModel``) or ``unet2d_condition`` (SD / SD-XL form).
-        path: a local directory or hub id with ``save_pretrained`` weights; ``null`` for the embedded weights.
-        subfolder: subfolder of ``path`` that holds the UNet (``unet`` for a pipeline repo).
+        family: how the model generates (:data:`MODEL_FAMILIES`): ``pixel`` (unconditional ``UNet2DModel`` on
+            pixels), ``latent`` (unconditional UNet plus a ``VQModel`` / ``AutoencoderKL``), ``class_conditional``
+            (class labels, classifier-free guidance, latent or pixel) or ``text_to_image`` (``UNet2DConditionModel``
+            with CLIP text encoder(s): SD 1.x / 2.x and SD-XL). Never inferred from the model's name.
+        path: a pipeline directory as ``DiffusionPipeline.save_pretrained`` writes it (``model_index.json`` at its
+            root), a bare UNet directory, or a hub id already in the local cache; ``null`` for embedded weights.
+        subfolder: subfolder of a bare-UNet ``path`` that holds the UNet (pipelines name their own ``unet``).
         embedded: name of the embedded weights under ``tfmq_exp/weights/`` (``null`` for real models).
-        sample_size / in_channels: image geometry the sampler draws noise for (latent size for LDMs).
+        sample_size / in_channels: geometry the sampler draws noise for (latent size for LDMs); ``null`` (every
+            real model) takes them from the loaded UNet, the only source of truth.
+        null_class: the class label of classifier-free guidance's unconditional branch (LDM cin256: 1000, the
+            last of ``num_class_embeds``); ``null`` means ``num_class_embeds - 1``.
         domain: ``digits`` (embedded extractor) or ``rgb`` (torch-fidelity's Inception features).
         fp_patterns: fnmatch patterns of module names kept in full precision (DESIGN 1.1); by default
             :data:`PUBLISHED_FP_PATTERNS`, the one place that list lives.
         extra_fp_patterns: further full-precision patterns of one model (e.g. SD-XL's ``add_embedding``).
         quant_patterns: fnmatch patterns of module names eligible for quantization.
         prediction_type: what the UNet predicts (``epsilon`` for every model here).
-        num_train_timesteps / beta_schedule: the training noise schedule the sampler must use.
+        num_train_timesteps / beta_schedule / beta_start / beta_end / steps_offset: the training noise schedule
+            the sampler must use; a pipeline directory's own scheduler config overrides them at load time.
     """
 
     name: str = MISSING
-    family: str = "unet2d"
+    family: str = "pixel"
     path: Optional[str] = None
     subfolder: Optional[str] = None
     embedded: Optional[str] = None
-    sample_size: int = 8
-    in_channels: int = 1
+    sample_size: Optional[int] = 8
+    in_channels: Optional[int] = 1
     domain: str = "digits"
+    null_class: Optional[int] = None
     fp_patterns: List[str] = field(default_factory=lambda: list(PUBLISHED_FP_PATTERNS))
     extra_fp_patterns: List[str] = field(default_factory=list)
     quant_patterns: List[str] = field(default_factory=lambda: ["*"])
@@ -85,16 +96,30 @@ class ModelConfig:
     beta_schedule: str = "linear"
     beta_start: float = 0.0001
     beta_end: float = 0.02
+    steps_offset: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("model.family", self.family, ("unet2d", "unet2d_condition"))
+        _check_choice("model.family", self.family, MODEL_FAMILIES)
         _check_choice("model.domain", self.domain, ("digits", "rgb"))
-        _check_positive("model.sample_size", self.sample_size)
+        if self.sample_size is not None:
+            _check_positive("model.sample_size", self.sample_size)
 
 
 @dataclass
 class SamplerConfig:
-    """A diffusers scheduler and its sampling settings (DESIGN 2)."""
+    """A diffusers scheduler and its sampling settings (DESIGN 2).
+
+    Attributes:
+        name: ``ddim`` (``DDIMScheduler``), ``ddpm``, ``plms`` (``PNDMScheduler`` with ``skip_prk_steps``, the
+            paper's Stable Diffusion sampler) or ``dpmsolver++`` (``DPMSolverMultistepScheduler``, 2nd order).
+        num_steps: sampling steps; the set of timesteps they visit is the finite set TIAR / FSC / the cache use.
+        eta: DDIM's stochasticity (0: deterministic).
+        timestep_spacing: diffusers' spacing of the visited timesteps. ``leading`` gives ``0, k, 2k, ...``
+            (+ the scheduler's ``steps_offset``); the published CIFAR-10 runs use DDIM's ``quad`` skip
+            (``t_i = (0.8 T)(i / S)^2``), which no diffusers spacing reproduces; see README.
+        guidance_scale: classifier-free guidance weight ``w`` (``eps_u + w (eps_c - eps_u)``); 1 disables the
+            unconditional branch.
+    """
 
     name: str = "ddim"
     num_steps: int = 50
@@ -103,7 +128,9 @@ class SamplerConfig:
     guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_choice("sampler.name", self.name, ("ddim", "ddpm"))
+        _check_choice("sampler.name", self.name, SAMPLERS)
+        if self.guidance_scale < 0:
+            raise ValueError(f"sampler.guidance_scale={self.guidance_scale} must be >= 0")
         _check_range("sampler.num_steps", self.num_steps, (1, 4000))
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"sampler.eta={self.eta} is out of range: allowed 0.0..1.0")
@@ -299,6 +326,8 @@ class CalibConfig:
             plain normal, so ``normal_skew`` is 0 (the paper's text calls it skewed without a shape).
         recon_samples: samples drawn from the selected steps to feed reconstruction.
         seed: seed of the recorded trajectories (independent of the evaluation noise).
+        prompts: text-to-image calibration prompts, one per line (``null``: the shipped calibration set);
+            trajectory ``j`` uses line ``j mod lines``. Separate from ``eval.prompts``.
     """
 
     num_samples: int = 128
@@ -308,6 +337,7 @@ class CalibConfig:
     normal_skew: float = 0.0
     recon_samples: int = 1024
     seed: int = 1234
+    prompts: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_range("calib.num_samples", self.num_samples, (1, 10_000_000))
@@ -325,6 +355,15 @@ class EvalConfig:
         kid_subset_size: subset size for KID (capped by the smaller set).
         prc_neighborhood: k of the k-NN precision / recall.
         grid_size: samples shown in the PNG grid.
+        reference: the real set of the RGB metrics: an image folder, a torch-fidelity registered input (e.g.
+            ``cifar10-train``, fetched by torch-fidelity on the user's machine) or a statistics file (``.npz``
+            with ``mu`` / ``sigma``, FID only); its Inception statistics are computed once and cached.
+        inception_weights: a local copy of torch-fidelity's Inception-v3 weights (offline machines); ``null``
+            looks in the torch hub cache.
+        clip_model: a local ``CLIPModel`` directory (``save_pretrained`` form) for ``metrics.clip_score`` of
+            text-to-image runs; ``null`` skips the CLIP score.
+        prompts: text-to-image evaluation prompts, one per line (``null``: the shipped smoke set); sample ``i``
+            uses line ``i mod lines``.
     """
 
     num_samples: int = 1000
@@ -335,6 +374,10 @@ class EvalConfig:
     prc_neighborhood: int = 3
     grid_size: int = 64
     trajectory_samples: int = 64
+    reference: Optional[str] = None
+    inception_weights: Optional[str] = None
+    clip_model: Optional[str] = None
+    prompts: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_range("eval.num_samples", self.num_samples, (2, 10_000_000))

@@ -7,15 +7,14 @@ per protocol (:mod:`tfmq_exp.eval.reference`) and every quantized run is scored 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from tfmq_exp.config.schema import Config
 from tfmq_exp.data.digits import to_uint8
-from tfmq_exp.eval.sampling import generate
-from tfmq_exp.errors import UserError
+from tfmq_exp.eval.sampling import GenerationParts, generate
 
 
 def metric_weights_fingerprint(config: Config) -> str:
@@ -28,9 +27,13 @@ def metric_weights_fingerprint(config: Config) -> str:
     return "torch-fidelity-inception-v3"  # torch-fidelity's pinned release file
 
 
-def protocol_payload(config: Config, weights_id: str) -> dict[str, Any]:
-    """Everything that determines the evaluation numbers of a model (the FP reference's cache key)."""
-    return {
+def protocol_payload(config: Config, weights_id: str, conditions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that determines the evaluation numbers of a model (the FP reference's cache key).
+
+    ``conditions``: what the family adds (:func:`~tfmq_exp.eval.families.conditioning_payload`, purpose
+    ``eval``); ``None`` for pixel models, whose keys are unchanged.
+    """
+    payload = {
         "model": config.model.name,
         "weights": weights_id,
         "metric_weights": metric_weights_fingerprint(config),
@@ -42,18 +45,51 @@ def protocol_payload(config: Config, weights_id: str) -> dict[str, Any]:
         "prc_neighborhood": config.eval.prc_neighborhood,
         "trajectory_samples": config.eval.trajectory_samples,
     }
+    if conditions:
+        payload["conditions"] = conditions
+    if config.model.domain == "rgb":
+        payload["reference"] = config.eval.reference
+        payload["clip_model"] = config.eval.clip_model
+    return payload
 
 
-def real_images(config: Config) -> torch.Tensor:
-    """The real reference set as uint8 images: the digits held-out split for the embedded models."""
+def real_images(config: Config) -> Any:
+    """The real reference set: the digits held-out split (uint8) for the embedded models, else ``eval.reference``.
+
+    Raises:
+        UserError: an RGB model without a usable ``eval.reference`` (the message lists the accepted forms).
+    """
     if config.model.domain == "digits":
         from tfmq_exp.eval.metrics import real_digits_heldout
 
         return real_digits_heldout()
-    raise UserError(
-        f"model={config.model.name} (domain rgb) needs a real reference set for FID; the embedded benchmark only "
-        "ships digits. Use model=digits / digits_ss, or score samples with torch-fidelity directly"
+    from tfmq_exp.eval.real_reference import resolve_reference
+
+    return resolve_reference(config.eval.reference)
+
+
+def score(
+    images: torch.Tensor, indices: torch.Tensor, config: Config, real: Any, parts: Optional[GenerationParts]
+) -> dict[str, float]:
+    """torch-fidelity's metrics of ``images`` against ``real``; the CLIP score of text-to-image samples."""
+    from tfmq_exp.eval.metrics import compute_metrics
+
+    metrics = compute_metrics(
+        images,
+        real,
+        domain=config.model.domain,
+        metrics=list(config.eval.metrics),
+        kid_subset_size=config.eval.kid_subset_size,
+        prc_neighborhood=config.eval.prc_neighborhood,
+        device="cuda" if config.runtime.device == "cuda" else "cpu",
+        **({"inception_weights": config.eval.inception_weights} if config.model.domain == "rgb" else {}),
     )
+    if config.model.family == "text_to_image" and config.eval.clip_model:
+        from tfmq_exp.eval.clip_score import clip_score
+
+        assert parts is not None and parts.prompts is not None
+        metrics["clip_score"] = clip_score(images, parts.prompts(indices), config.eval.clip_model)
+    return metrics
 
 
 @dataclass
@@ -62,13 +98,21 @@ class Evaluation:
 
     images: torch.Tensor  # uint8 [N, C, H, W]
     metrics: dict[str, float]
-    trajectory: Optional[torch.Tensor] = None  # [S, B, C, H, W] for the first eval.trajectory_samples samples
+    # [S + 1, B', C, h, w]: the UNet's x_t at each step, then x_0, for the first eval.trajectory_samples samples
+    trajectory: Optional[torch.Tensor] = None
+    # the UNet's conditioning of those rows, flat [B', ...] (empty for unconditional models)
+    trajectory_conditioning: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def evaluate(unet: torch.nn.Module, config: Config, real: torch.Tensor) -> Evaluation:
-    """Generate ``eval.num_samples`` images with ``unet`` and score them against ``real``."""
-    from tfmq_exp.eval.metrics import compute_metrics
+def evaluate(
+    unet: torch.nn.Module, config: Config, real: Any, parts: Optional[GenerationParts] = None
+) -> Evaluation:
+    """Generate ``eval.num_samples`` images with ``unet`` and score them against ``real``.
 
+    Args:
+        parts: the family's evaluation parts (:func:`~tfmq_exp.eval.families.generation_parts`); ``None`` for an
+            unconditional pixel model.
+    """
     samples = generate(
         unet,
         config.sampler,
@@ -78,25 +122,21 @@ def evaluate(unet: torch.nn.Module, config: Config, real: torch.Tensor) -> Evalu
         config.eval.seed_set,
         device=config.runtime.device,
         progress=config.runtime.progress,
+        parts=parts,
     )
     images = to_uint8(samples.images)
-    metrics = compute_metrics(
-        images,
-        real,
-        domain=config.model.domain,
-        metrics=list(config.eval.metrics),
-        kid_subset_size=config.eval.kid_subset_size,
-        prc_neighborhood=config.eval.prc_neighborhood,
-        device="cuda" if config.runtime.device == "cuda" else "cpu",
-    )
+    metrics = score(images, samples.indices, config, real, parts)
     metrics["num_samples"] = config.eval.num_samples
     metrics["seed_set"] = config.eval.seed_set
-    trajectory = record_trajectory(unet, config)
-    return Evaluation(images=images, metrics=metrics, trajectory=trajectory)
+    trajectory, conditioning = record_trajectory(unet, config, parts)
+    return Evaluation(images=images, metrics=metrics, trajectory=trajectory, trajectory_conditioning=conditioning)
 
 
-def record_trajectory(unet: torch.nn.Module, config: Config) -> torch.Tensor:
-    """``x_t`` at every step for the first ``eval.trajectory_samples`` samples of the protocol's noise set."""
+def record_trajectory(
+    unet: torch.nn.Module, config: Config, parts: Optional[GenerationParts] = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The UNet's ``x_t`` at every step (then ``x_0``) and its conditioning, for the first
+    ``eval.trajectory_samples`` samples of the protocol's noise set."""
     count = min(config.eval.trajectory_samples, config.eval.num_samples)
     samples = generate(
         unet,
@@ -108,7 +148,8 @@ def record_trajectory(unet: torch.nn.Module, config: Config) -> torch.Tensor:
         record_trajectory=True,
         device=config.runtime.device,
         progress=False,
+        parts=parts,
     )
-    assert samples.trajectory is not None
-    final = samples.images.unsqueeze(0)
-    return torch.cat([samples.trajectory, final])  # [S + 1, B, C, H, W]: x_T ... x_0
+    assert samples.trajectory is not None and samples.final is not None
+    # [S + 1, B', C, h, w]: x_T ... x_0
+    return torch.cat([samples.trajectory, samples.final.unsqueeze(0)]), samples.conditioning

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from tfmq_exp.config.schema import Config
 from tfmq_exp.eval.protocol import Evaluation, evaluate, protocol_payload
+from tfmq_exp.eval.sampling import GenerationParts
 from tfmq_exp.store import ArtifactStore
 
 REFERENCE_KIND = "fp_reference"
+CONDITIONING_PREFIX = "trajectory_conditioning/"
 
 
 def weights_fingerprint(unet: torch.nn.Module) -> str:
@@ -23,14 +25,32 @@ def weights_fingerprint(unet: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def fp_reference(unet_fp: torch.nn.Module, config: Config, real: torch.Tensor, store: ArtifactStore) -> tuple[Evaluation, bool]:
-    """Return the full-precision :class:`Evaluation` of this protocol and whether it came from the cache."""
+def fp_reference(
+    unet_fp: torch.nn.Module,
+    config: Config,
+    real: Any,
+    store: ArtifactStore,
+    parts: Optional[GenerationParts] = None,
+    conditions: Optional[dict[str, Any]] = None,
+) -> tuple[Evaluation, bool]:
+    """Return the full-precision :class:`Evaluation` of this protocol and whether it came from the cache.
+
+    Args:
+        parts / conditions: the family's evaluation parts and their key (see :mod:`tfmq_exp.eval.families`).
+    """
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        result = evaluate(unet_fp, config, real)
+        result = evaluate(unet_fp, config, real, parts)
         assert result.trajectory is not None
-        return {"images": result.images, "trajectory": result.trajectory}, {"metrics": result.metrics}
+        tensors = {"images": result.images, "trajectory": result.trajectory}
+        tensors.update({CONDITIONING_PREFIX + k: v for k, v in result.trajectory_conditioning.items()})
+        return tensors, {"metrics": result.metrics}
 
-    payload = protocol_payload(config, weights_fingerprint(unet_fp))
+    payload = protocol_payload(config, weights_fingerprint(unet_fp), conditions)
     tensors, info, hit = store.get_or_build(REFERENCE_KIND, payload, build)
-    return Evaluation(images=tensors["images"], metrics=info["metrics"], trajectory=tensors["trajectory"]), hit
+    conditioning = {k[len(CONDITIONING_PREFIX):]: v for k, v in tensors.items() if k.startswith(CONDITIONING_PREFIX)}
+    evaluation = Evaluation(
+        images=tensors["images"], metrics=info["metrics"], trajectory=tensors["trajectory"],
+        trajectory_conditioning=conditioning,
+    )  # fmt: skip
+    return evaluation, hit

@@ -221,8 +221,11 @@ def _optimise(
 
 def _tiar(unit: ReconUnit, unet_q: nn.Module, unet_fp: nn.Module, data: CalibrationData, config: Config,
           device: str, progress: bool) -> dict[str, Any]:
-    """TIAR: the TIB against the full-precision temporal features over all calibration timesteps."""
-    dataset = tiar_dataset(unet_fp, data.timesteps, device)
+    """TIAR: the TIB against the full-precision temporal features over all calibration timesteps (and, where
+    the features depend on it, the conditioning they were sampled under)."""
+    dataset = tiar_dataset(
+        unet_fp, data.timesteps, device, data.conditioning, pairs=config.calib.recon_samples, seed=config.calib.seed
+    )
     module = TemporalFeatureUnit(unet_q)
     return _optimise(unit, module, TemporalFeatureObjective(), dataset, unet_q, config, len(dataset), device, progress)
 

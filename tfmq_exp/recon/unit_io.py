@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from tfmq_exp.conditioning import nest
+
 
 class StopForward(Exception):
     """Raised by a capture hook to end the UNet forward once the unit has been seen."""
@@ -103,7 +105,7 @@ def _run(unet: nn.Module, samples: ReconSamples, batch_size: int, on_batch: Call
     with torch.no_grad():
         for x, t, conditioning in samples.batches(batch_size):
             on_batch(x.shape[0])
-            kwargs = {name: value.to(device) for name, value in conditioning.items()}
+            kwargs = nest({name: value.to(device) for name, value in conditioning.items()})
             try:
                 unet(x.to(device), t.to(device), **kwargs, return_dict=False)
             except StopForward:

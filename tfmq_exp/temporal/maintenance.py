@@ -46,7 +46,7 @@ from tfmq_exp.temporal.feature_cache import (
     listing,
 )
 from tfmq_exp.temporal.features import collect_temporal_features
-from tfmq_exp.temporal.disturbance_selection import require_t_only, select_maintenance
+from tfmq_exp.temporal.disturbance_selection import select_maintenance
 
 DEFAULT_CACHE_BITS = 8
 CONDITIONED_TIME_EMBEDDING = "time_embedding.cond_proj"
@@ -263,7 +263,12 @@ def check_cache_timesteps(model: nn.Module, timesteps: Sequence[int]) -> None:
 
 
 def apply_maintenance(
-    unet_q: nn.Module, unet_fp: nn.Module, config: Config, context: TimestepContext, timesteps: list[int]
+    unet_q: nn.Module,
+    unet_fp: nn.Module,
+    config: Config,
+    context: TimestepContext,
+    timesteps: list[int],
+    conditioning: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> dict:
     """Install ``config.method.maintenance`` in the quantized UNet (in place), before block reconstruction.
 
@@ -282,6 +287,8 @@ def apply_maintenance(
         config: the run config (``method.maintenance``, ``cache_bits``, ``cache_fallback``, ``select``, ``fsc``).
         context: the shared timestep context.
         timesteps: the sampler's timesteps.
+        conditioning: the calibration data's conditioning rows (flat); selection measures conditioned
+            temporal features on them (:mod:`tfmq_exp.temporal.conditioned_selection`).
 
     Returns:
         JSON-serialisable sections: ``{"cache": {...}}`` for ``cache``, plus ``"selection"`` for ``select``;
@@ -298,7 +305,16 @@ def apply_maintenance(
             # the TIB kept as the fallback runs off the sampler's set only: calibrate it on every t now
             calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
         return {"cache": install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)}
-    require_t_only(get_adapter(unet_fp).tib())
+    if not get_adapter(unet_fp).tib().depends_only_on_t:
+        from tfmq_exp.temporal.conditioned_selection import select_time_embedding
+
+        chosen = select_time_embedding(
+            unet_q, unet_fp, context, timesteps, conditioning or {}, method.select, bits, config.calib.seed
+        )
+        sections: dict = {"selection": chosen.to_summary()}
+        if chosen.choice == "cache":
+            sections["cache"] = install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)
+        return sections
     calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
     selection = select_maintenance(unet_q, unet_fp, context, timesteps, method.select, bits)
     cache = install_cache(

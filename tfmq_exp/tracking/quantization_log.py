@@ -40,7 +40,12 @@ def log_quantization(summary: dict[str, Any], tracking: TrackingRun) -> None:
     if act_units:
         tracking.table("act_reconstruction/units", ["unit", *ACT_COLUMNS], _rows(act_units, ACT_COLUMNS))
     selection = summary.get("selection")
-    if selection:
+    if selection and selection.get("scope") == "time_embedding":  # one choice for the whole time embedding
+        errors = selection["errors"]
+        tracking.table("selection/choice", ["scope", "option", "tib_rel_mse", "cache_rel_mse"],
+                       [["time_embedding", selection["choice"], errors["tib"]["rel_mse"], errors["cache"]["rel_mse"]]])
+        tracking.summary({"selection/time_embedding_cached": selection["choice"] == "cache"})
+    elif selection:
         errors, rows = selection["errors"], []
         for feature, choice in selection["choice"].items():
             per_t = choice if isinstance(choice, dict) else {"all": choice}

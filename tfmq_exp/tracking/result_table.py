@@ -8,6 +8,7 @@ from typing import Any
 
 MISSING = "-"
 _METRICS = (("FID", "fid"), ("KID", "kid"))
+_TEXT_METRICS = (("CLIP score", "clip_score"),)  # text-to-image runs
 _TEMPORAL = (("temporal rel. MSE", "rel_mse_mean"), ("temporal cos_min", "cos_min"))
 
 
@@ -48,7 +49,7 @@ def format_result_table(summary: dict[str, Any]) -> str:
     header = f"{names}: {summary.get('status', MISSING)}"
 
     quality = [("", "run", "FP ref", "delta")]
-    for label, key in _METRICS:
+    for label, key in (*_METRICS, *(_TEXT_METRICS if "clip_score" in metrics else ())):
         values = (metrics.get(key), metrics.get(f"{key}_fp"), metrics.get(f"{key}_delta"))
         quality.append((label, _number(values[0]), _number(values[1]), _number(values[2], sign=True)))
     quality += [(label, _number(temporal.get(key))) for label, key in _TEMPORAL]
