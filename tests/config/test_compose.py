@@ -96,12 +96,23 @@ def test_user_errors_are_one_line(arguments: list[str], expected: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", [name for name in EXPERIMENTS if not name.startswith("paper_")])
 def test_every_experiment_composes_as_a_sweep(composer, experiment: str) -> None:
     cfg = composer([f"+experiment={experiment}"])
     config = to_config(cfg)
     assert config.runtime.progress is False
     assert isinstance(config.runtime.threads, int) and config.runtime.threads >= 1
+
+
+@pytest.mark.parametrize("experiment", [name for name in EXPERIMENTS if name.startswith("paper_")])
+def test_every_paper_protocol_composes_for_its_model(composer, experiment: str) -> None:
+    config = to_config(composer([f"+experiment={experiment}"]))
+    assert config.model.name.replace("sd_v1_4", "sd14").replace("ddpm_", "").endswith(experiment[len("paper_"):])
+    assert config.model.domain == "rgb" and config.model.sample_size is None  # read from the loaded weights
+    assert config.eval.num_samples >= 10_000 and config.calib.num_samples >= 128
 
 
 def test_experiments_use_the_parallel_launcher_and_sweep_every_axis(conf_dir: Path) -> None:
