@@ -33,7 +33,7 @@ SOURCES = {
 # kind -> (version, sha256 of the listed modules' sources, first 16 hex digits)
 RECORDED = {
     "calibration": (1, "1d92f950b610c147"),
-    "fp_reference": (1, "ce3c144d82167af6"),
+    "fp_reference": (1, "5ac4299a0d0c7980"),
     "reconstruction": (2, "2025120b50b67f5e"),
     "act_reconstruction": (1, "a978cc5317ded661"),
 }

@@ -111,24 +111,9 @@ def run_task(cfg: DictConfig) -> float | None:
 
     torch.set_num_threads(config.runtime.threads)
     try:
-        if config.task == "train_digits":
-            from tfmq_exp.models.tasks import run_train_digits
+        from tfmq_exp.models.tasks import TASKS
 
-            run_train_digits(config)
-            return None
-        if config.task == "train_extractor":
-            from tfmq_exp.models.tasks import run_train_extractor
-
-            run_train_extractor(config)
-            return None
-        from tfmq_exp.pipeline import run_pipeline
-
-        summary = run_pipeline(cfg, config)
-        if not _in_multirun():
-            from tfmq_exp.tracking.result_table import format_result_table
-
-            print(format_result_table(summary), flush=True)
-        return summary.get("metrics", {}).get("fid")
+        return TASKS[config.task](cfg, config)
     except UserError as error:
         if _in_multirun():
             log.error("run failed: %s", error)  # recorded as failed in its summary.json; the sweep goes on

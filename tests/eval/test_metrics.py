@@ -12,7 +12,13 @@ from scipy import linalg
 from tfmq_exp.data.digits import load_digits_split, to_uint8
 from tfmq_exp.errors import UserError
 from tfmq_exp.eval.extractor import DigitsFeatureExtractor
-from tfmq_exp.eval.metrics import MissingWeightsError, compute_metrics, inception_weights_path, real_digits_heldout
+from tfmq_exp.eval.metrics import (
+    MissingWeightsError,
+    compute_metrics,
+    inception_weights_path,
+    real_digits_heldout,
+    resolve_inception_weights,
+)
 
 ALL_KEYS = {"fid", "kid", "kid_std", "isc", "isc_std", "precision", "recall", "f_score"}
 
@@ -134,3 +140,66 @@ def test_rgb_domain_loads_the_cached_file_not_the_url(
         compute_metrics(heldout, heldout, "rgb", metrics=["fid"])
     assert not isinstance(error.value, (MissingWeightsError, OSError))
     assert path.read_bytes() == b"not a checkpoint"
+
+
+# --- eval.inception_weights and eval.reference (issue 15, item 6) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tfmq_exp.eval.tiny_fidelity import save_random_inception_weights
+
+    return save_random_inception_weights(tmp_path_factory.mktemp("inception") / "inception.pth")
+
+
+def test_hub_cache_message_names_the_config_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(MissingWeightsError) as error:
+        compute_metrics(images, images, "rgb", metrics=["fid"])
+    message = str(error.value)
+    assert "\n" not in message and "eval.inception_weights=FILE" in message and "hub cache" in message
+
+
+def test_explicit_missing_inception_weights_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    missing = tmp_path / "nowhere" / "inception.pth"
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(MissingWeightsError) as error:
+        compute_metrics(images, images, "rgb", metrics=["fid"], inception_weights=str(missing))
+    message = str(error.value)
+    assert "\n" not in message and f"eval.inception_weights={missing}" in message
+    assert "eval.inception_weights=FILE" in message and str(inception_weights_path()) in message
+    assert not (tmp_path / "torch").exists() and not missing.parent.exists()
+
+
+def test_explicit_inception_weights_win_over_the_hub_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_inception: Path
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    hub = inception_weights_path()
+    hub.parent.mkdir(parents=True)
+    hub.write_bytes(b"not a checkpoint")  # would fail to load if it were used
+    assert resolve_inception_weights(str(random_inception)) == random_inception
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (3, 3, 16, 16), generator=generator, dtype=torch.uint8)
+    fake = torch.randint(0, 128, (3, 1, 16, 16), generator=generator, dtype=torch.uint8)  # 1 channel -> 3
+    result = compute_metrics(fake, real, "rgb", metrics=["kid"], inception_weights=str(random_inception))
+    assert set(result) == {"kid", "kid_std"} and np.isfinite(result["kid"])
+
+
+def test_reference_metrics_are_checked_before_any_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tfmq_exp.eval.real_reference import resolve_reference
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty hub cache: the metric check must come first
+    stats = tmp_path / "stats.npz"
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(UserError, match="metrics kid need an image reference"):
+        compute_metrics(images, resolve_reference(stats), "rgb", metrics=["fid", "kid"])
+    with pytest.raises(MissingWeightsError):
+        compute_metrics(images, resolve_reference(stats), "rgb", metrics=["fid"])
+    with pytest.raises(ValueError, match="domain 'rgb'"):
+        compute_metrics(images, resolve_reference(stats), "digits", metrics=["fid"])

@@ -47,7 +47,8 @@ def _check_positive(key: str, value: float) -> None:
 # quant_model.py:56-66, "refer to PTQD") and the downsampler convolutions. One list for every model and method, so
 # comparisons are fair; Q-Diffusion itself keeps nothing in FP (remove patterns with ``model.fp_patterns=[...]``).
 MODEL_FAMILIES = ("pixel", "latent", "class_conditional", "text_to_image")
-SAMPLERS = ("ddim", "ddpm", "plms", "dpmsolver++")
+SAMPLERS = ("ddim", "ddpm", "plms", "dpmsolver++")  # tfmq_exp.eval.schedulers.SCHEDULERS builds them
+TASKS = ("run", "train_digits", "train_extractor")  # tfmq_exp.models.tasks.TASKS runs them
 PUBLISHED_FP_PATTERNS = ("conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*")
 
 
@@ -457,7 +458,7 @@ class Config:
     save_artifact: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice("task", self.task, ("run", "train_digits", "train_extractor"))
+        _check_choice("task", self.task, TASKS)
 
 
 def register_configs() -> None:

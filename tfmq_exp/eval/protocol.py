@@ -68,6 +68,14 @@ def real_images(config: Config) -> Any:
     return resolve_reference(config.eval.reference)
 
 
+def _rgb_kwargs(config: Config) -> dict[str, Any]:
+    """Inception weights, and where torch-fidelity caches the reference statistics (computed once, then reused)."""
+    from pathlib import Path
+
+    return {"inception_weights": config.eval.inception_weights,
+            "cache_root": str(Path(config.runtime.cache_dir) / "fidelity")}  # fmt: skip
+
+
 def score(
     images: torch.Tensor, indices: torch.Tensor, config: Config, real: Any, parts: Optional[GenerationParts]
 ) -> dict[str, float]:
@@ -82,7 +90,7 @@ def score(
         kid_subset_size=config.eval.kid_subset_size,
         prc_neighborhood=config.eval.prc_neighborhood,
         device="cuda" if config.runtime.device == "cuda" else "cpu",
-        **({"inception_weights": config.eval.inception_weights} if config.model.domain == "rgb" else {}),
+        **(_rgb_kwargs(config) if config.model.domain == "rgb" else {}),
     )
     if config.model.family == "text_to_image" and config.eval.clip_model:
         from tfmq_exp.eval.clip_score import clip_score
