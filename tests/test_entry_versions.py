@@ -17,25 +17,28 @@ import pytest
 from tfmq_exp.store import ENTRY_VERSIONS
 
 SOURCES = {
-    "calibration": ["tfmq_exp.calib.trajectories", "tfmq_exp.eval.sampling"],
+    "calibration": ["tfmq_exp.calib.trajectories", "tfmq_exp.eval.sampling", "tfmq_exp.eval.schedulers",
+                    "tfmq_exp.eval.unet_inputs", "tfmq_exp.eval.families", "tfmq_exp.eval.conditions"],
     "fp_reference": ["tfmq_exp.eval.reference", "tfmq_exp.eval.protocol", "tfmq_exp.eval.sampling",
-                     "tfmq_exp.eval.metrics", "tfmq_exp.eval.extractor"],
+                     "tfmq_exp.eval.metrics", "tfmq_exp.eval.extractor", "tfmq_exp.eval.schedulers",
+                     "tfmq_exp.eval.unet_inputs", "tfmq_exp.eval.families", "tfmq_exp.eval.conditions",
+                     "tfmq_exp.eval.real_reference", "tfmq_exp.eval.clip_score"],
     "reconstruction": ["tfmq_exp.recon.runner", "tfmq_exp.recon.objectives", "tfmq_exp.recon.module",
                        "tfmq_exp.recon.units", "tfmq_exp.recon.unit_io", "tfmq_exp.calib.steps",
                        "tfmq_exp.quant.adaround", "tfmq_exp.quant.quantizer", "tfmq_exp.quant.weight_range",
                        "tfmq_exp.quant.modules", "tfmq_exp.quant.api", "tfmq_exp.temporal.feature_cache",
                        "tfmq_exp.temporal.maintenance", "tfmq_exp.temporal.disturbance_selection",
                        "tfmq_exp.recon.tiar", "tfmq_exp.recon.checkpoint", "tfmq_exp.calib.fsc",
-                       "tfmq_exp.quant.context"],
+                       "tfmq_exp.quant.context", "tfmq_exp.temporal.conditioned_selection"],
     "act_reconstruction": ["tfmq_exp.recon.act_pass", "tfmq_exp.quant.act_quantizer", "tfmq_exp.quant.attention",
                            "tfmq_exp.calib.activation"],
 }
 # kind -> (version, sha256 of the listed modules' sources, first 16 hex digits)
 RECORDED = {
-    "calibration": (1, "1d92f950b610c147"),
-    "fp_reference": (1, "5ac4299a0d0c7980"),
-    "reconstruction": (2, "2025120b50b67f5e"),
-    "act_reconstruction": (1, "a978cc5317ded661"),
+    "calibration": (1, "0d244839a7a9e6d3"),
+    "fp_reference": (1, "1050fc2ba580763e"),
+    "reconstruction": (2, "eb51286a27fcbad4"),
+    "act_reconstruction": (1, "ff414d647909970e"),
 }
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from tfmq_exp.config.schema import Config
 from tfmq_exp.errors import CacheMismatchError
-from tfmq_exp.eval.reference import weights_fingerprint
+from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.conditioning import nest
 from tfmq_exp.eval.sampling import GenerationParts, sampling_timesteps
 from tfmq_exp.models.adapters import get_adapter
@@ -68,21 +68,27 @@ def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> d
             "cache_bytes": cache_bytes}
 
 
-def _reconstruction_dir(config: Config, store: ArtifactStore, fingerprint: str, phase: str) -> Path:
-    """Per-unit checkpoints live in the shared cache, keyed by what determines them (resumable, shared)."""
-    return store.root / "reconstruction" / store.key(
-        "reconstruction", {"weights": fingerprint, **reconstruction_settings(config, phase)}
-    )
+def _reconstruction_dir(
+    config: Config, store: ArtifactStore, fingerprint: str, phase: str, conditions: dict[str, Any] | None
+) -> Path:
+    """Per-unit checkpoints live in the shared cache, keyed by what determines them (resumable, shared).
+
+    ``conditions``: the calibration conditions' key (prompts' hash, labels, the other components' weights).
+    """
+    payload = {"weights": fingerprint, **reconstruction_settings(config, phase)}
+    if conditions:
+        payload["conditions"] = conditions
+    return store.root / "reconstruction" / store.key("reconstruction", payload)
 
 
-def _act_pass_dir(config: Config, store: ArtifactStore, fingerprint: str) -> Path:
+def _act_pass_dir(config: Config, store: ArtifactStore, fingerprint: str, conditions: dict[str, Any] | None) -> Path:
     """Per-unit checkpoints of the activation pass (they hold activation-quantizer state)."""
     from tfmq_exp.recon.act_pass import act_pass_settings
 
-    return store.root / "act_reconstruction" / store.key(
-        "act_reconstruction",
-        {"weights": fingerprint, "reconstruction_version": ENTRY_VERSIONS["reconstruction"], **act_pass_settings(config)},
-    )
+    payload = {"weights": fingerprint, "reconstruction_version": ENTRY_VERSIONS["reconstruction"], **act_pass_settings(config)}
+    if conditions:
+        payload["conditions"] = conditions
+    return store.root / "act_reconstruction" / store.key("act_reconstruction", payload)
 
 
 def _merge_reports(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +151,7 @@ def quantize_for_method(
             sections.update(apply_maintenance(unet_q, unet_fp, config, context, timesteps, data.conditioning))
 
     def reconstruct_phase(phase: str) -> dict[str, Any]:
-        directory = _reconstruction_dir(config, store, fingerprint, phase)
+        directory = _reconstruction_dir(config, store, fingerprint, phase, calib_conditions)
         with timer("reconstruction"), store.locked(directory):  # a second run of it waits, then loads checkpoints
             return reconstruct(unet_q, unet_fp, config, data, directory, config.runtime.progress, phase, context)
 
@@ -163,7 +169,7 @@ def quantize_for_method(
             lenient=fallbacks,
         )
     if method.act_recon.enabled:
-        directory = _act_pass_dir(config, store, fingerprint)
+        directory = _act_pass_dir(config, store, fingerprint, calib_conditions)
         with timer("act_reconstruction"), store.locked(directory):
             sections["act_reconstruction"] = reconstruct_activations(
                 unet_q, unet_fp, config, data, directory, context=context, progress=config.runtime.progress

@@ -10,7 +10,7 @@ from tfmq_exp.calib.trajectories import (
     calibration_seed_set,
     load_or_capture,
 )
-from tfmq_exp.calib.quant_state import quant_state
+from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.calib.steps import (
     STRATEGIES,
     normal_step_draws,

@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from tfmq_exp.conditioning import nest
 from tfmq_exp.calib.trajectories import CalibrationData
-from tfmq_exp.calib.quant_state import quant_state
+from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.calib.quiet import quiet_lightning
 from tfmq_exp.calib.steps import select_steps
 from tfmq_exp.config.schema import Config
-from tfmq_exp.eval.sampling import make_trainer
+from tfmq_exp.trainer import make_trainer
 from tfmq_exp.quant import (
     TimestepContext,
     enable_per_timestep,

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from tfmq_exp.calib.quant_state import quant_state
+from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.config.schema import MethodConfig
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import QuantModule, TimestepContext, enable_per_timestep, observing_activations

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from tfmq_exp.calib.quiet import quiet_lightning
 from tfmq_exp.config.schema import Config
-from tfmq_exp.eval.reference import weights_fingerprint
+from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.eval.sampling import GenerationParts, generate, sampling_timesteps
 from tfmq_exp.store import ArtifactStore
 
@@ -79,7 +79,7 @@ def calibration_payload(weights_id: str, config: Config, conditions: dict[str, A
     """Everything that determines the calibration data (its store key).
 
     Args:
-        weights_id: :func:`~tfmq_exp.eval.reference.weights_fingerprint` of the full-precision UNet.
+        weights_id: :func:`~tfmq_exp.fingerprints.weights_fingerprint` of the full-precision UNet.
         config: the run's config (model, sampler and ``calib.num_samples`` / ``calib.seed`` are used).
         conditions: what the family's conditions add (:func:`~tfmq_exp.eval.families.conditioning_payload`:
             prompts' hash, label rule, guidance, the other components' weights); ``None`` for pixel models.

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tfmq_exp.trainer import make_trainer
 from tfmq_exp.data.digits import load_digits_split, to_uint8
 
 ARCHITECTURE_VERSION = 1
@@ -139,16 +140,8 @@ def _fit(module: L.LightningModule, loader: DataLoader, max_epochs: int, max_ste
     if not progress:
         lightning_log.setLevel(logging.WARNING)  # no "GPU available" banners in quiet runs
     try:
-        trainer = L.Trainer(
-            max_epochs=-1 if max_steps > 0 else max_epochs,
-            max_steps=max_steps,
-            accelerator="cpu",
-            devices=1,
-            deterministic=True,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
+        trainer = make_trainer(
+            "cpu", progress, max_epochs=-1 if max_steps > 0 else max_epochs, max_steps=max_steps, deterministic=True
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")

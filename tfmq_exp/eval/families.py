@@ -25,6 +25,7 @@ from tfmq_exp.eval.conditions import (
     read_prompts,
 )
 from tfmq_exp.eval.sampling import GenerationParts
+from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.models.loading import LoadedModel
 
 Purpose = Literal["eval", "calib"]
@@ -70,7 +71,7 @@ def generation_parts(loaded: LoadedModel, config: Config, purpose: Purpose) -> G
 
 def conditioning_payload(loaded: LoadedModel, config: Config, purpose: Purpose) -> dict[str, Any]:
     """Everything the family's conditions add to a key (labels rule, prompts' hash, guidance, the other parts)."""
-    from tfmq_exp.eval.reference import weights_fingerprint
+
 
     family = config.model.family
     payload: dict[str, Any] = {"family": family}

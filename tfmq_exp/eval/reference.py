@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Optional
 
 import torch
@@ -10,19 +9,11 @@ import torch
 from tfmq_exp.config.schema import Config
 from tfmq_exp.eval.protocol import Evaluation, evaluate, protocol_payload
 from tfmq_exp.eval.sampling import GenerationParts
+from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.store import ArtifactStore
 
 REFERENCE_KIND = "fp_reference"
 CONDITIONING_PREFIX = "trajectory_conditioning/"
-
-
-def weights_fingerprint(unet: torch.nn.Module) -> str:
-    """A short hash of a model's parameters and buffers (identifies the weights a reference belongs to)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(unet.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def fp_reference(

@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from tfmq_exp.config.schema import ModelConfig, SamplerConfig
 from tfmq_exp.eval.schedulers import build_scheduler, sampling_timesteps
 from tfmq_exp.eval.unet_inputs import UNetInputRecorder
+from tfmq_exp.trainer import make_trainer
 
-__all__ = ["GenerationParts", "SampleBatch", "build_scheduler", "generate", "initial_noise", "make_trainer",
+__all__ = ["GenerationParts", "SampleBatch", "build_scheduler", "generate", "initial_noise",
            "noise_fingerprint", "sample_seed", "sampling_timesteps"]  # fmt: skip
 
 SEED_SET_STRIDE = 1_000_000
@@ -215,19 +216,6 @@ class DiffusionSampler(L.LightningModule):
             callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"], **extra,
         )  # fmt: skip
         return output.images * 2.0 - 1.0, final["latents"]
-
-
-def make_trainer(device: str = "cpu", progress: bool = True) -> L.Trainer:
-    """A Lightning Trainer for predict loops (sampling, capture): no logger, no checkpoints."""
-    accelerator = "auto" if device == "auto" else device
-    return L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-    )
 
 
 def _cat_rows(batches: Sequence[SampleBatch]) -> dict[str, torch.Tensor]:

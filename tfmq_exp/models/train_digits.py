@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch.utils.data import DataLoader, IterableDataset
 
+from tfmq_exp.trainer import make_trainer
 from tfmq_exp.config.schema import ModelConfig, TrainConfig
 from tfmq_exp.data.digits import load_digits_split
 from tfmq_exp.models.digits import build_digits_unet
@@ -99,15 +100,7 @@ def train_digits(model: ModelConfig, train: TrainConfig, seed: int, out_dir: Pat
     )
     module = DigitsDDPMModule(unet, scheduler, train)
     loader = DataLoader(DigitsBatches(train.batch_size, model.num_train_timesteps, seed), batch_size=None)
-    trainer = L.Trainer(
-        max_steps=train.iters,
-        accelerator="cpu",
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer("cpu", progress, max_steps=train.iters, deterministic=True)
     start = time.perf_counter()
     trainer.fit(module, loader)
     out_dir = Path(out_dir)

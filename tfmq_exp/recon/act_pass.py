@@ -31,7 +31,7 @@ from torch import nn
 
 from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.config.schema import Config
-from tfmq_exp.eval.reference import weights_fingerprint
+from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import ActQuantizer, TimestepContext, iter_act_quantizers
 from tfmq_exp.recon.unit_io import capture_inputs, capture_output

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
+from tfmq_exp.trainer import make_trainer
 from tfmq_exp.calib.quiet import quiet_lightning
 from tfmq_exp.recon.objectives import Batch, Objective, UnitDataset
 
@@ -134,16 +135,7 @@ def fit_unit(
     loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=0)
     with quiet_lightning(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        trainer = L.Trainer(
-            accelerator=device,
-            devices=1,
-            max_steps=iters,
-            max_epochs=-1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            deterministic="warn",
-            num_sanity_val_steps=0,
+        trainer = make_trainer(
+            device, progress, max_steps=iters, max_epochs=-1, deterministic="warn", num_sanity_val_steps=0
         )
         trainer.fit(module, loader)

@@ -20,6 +20,7 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from dataclasses import asdict
@@ -30,10 +31,10 @@ import torch
 from torch import nn
 
 from tfmq_exp.calib.trajectories import CalibrationData
-from tfmq_exp.calib.quant_state import quant_state
+from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.calib.steps import reconstruction_indices
 from tfmq_exp.config.schema import Config
-from tfmq_exp.eval.reference import weights_fingerprint
+from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.quant import QuantModule, RoundingSchedule, TimestepContext, WeightQuantizer, freeze_weights
 from tfmq_exp.quant import set_soft_rounding
 from tfmq_exp.quant.adaround import rectified_sigmoid
@@ -127,7 +128,15 @@ def setup_key(
     unet_fp: nn.Module, config: Config, data: CalibrationData, plan: list[ReconUnit], phase: str = "all"
 ) -> str:
     """Key of everything that determines the reconstruction's results (the checkpoints' validity)."""
+    conditioning = {}
+    if data.conditioning:  # prompts / labels reach the units through the UNet's conditioning: hash its content
+        digest = hashlib.sha256()
+        for name, value in sorted(data.conditioning.items()):
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        conditioning = {"conditioning": digest.hexdigest()[:16]}
     return content_key({
+        **conditioning,
         "format": 2,  # 2: lp_loss reduction, convergence report
         "weights": weights_fingerprint(unet_fp),
         **reconstruction_settings(config, phase),

@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from tfmq_exp.calib.quant_state import quant_state
+from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.conditioning import nest
 from tfmq_exp.config.schema import SelectConfig
 from tfmq_exp.errors import UserError
