@@ -66,6 +66,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="keep the published full-precision layers in float32, or quantize every layer")
     parser.add_argument("--quick", action="store_true", help=f"development run: {QUICK}")
     parser.add_argument("--out", type=Path, default=Path("bench_results.json"))
+    parser.add_argument("--artifact", type=Path, default=None,
+                        help="lower and time a calibrated artifact (the artifact/ directory of a quantized run)")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -163,6 +165,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    "int8_weight_code_max": default_weight_code_max()}
     print(f"tfmq-bench: {environment}", flush=True)
+    if args.artifact is not None:
+        return _run_artifact(args, environment, started)
     results = {name: benchmark_model(name, args) for name in args.models}
     headline = _headline(results)
     report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -175,6 +179,25 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"headline: model={headline['model']} batch={headline['batch']}")
         print(f"speedup_int8_vs_fp32_eager: {headline['int8_vs_fp32_eager']:.2f}")
         print(f"speedup_int8_vs_fp32_compiled: {headline['int8_vs_fp32_compiled']:.2f}")
+    return report
+
+
+def _run_artifact(args: argparse.Namespace, environment: dict, started: float) -> dict:
+    """``--artifact DIR``: lower the run's calibrated model and time it against FP32 and its fake-quant twin."""
+    from tfmq_exp.deploy.from_artifact import benchmark_artifact
+    from tfmq_exp.errors import UserError
+
+    try:
+        result = benchmark_artifact(args.artifact, batch_size=args.ddim_batch, repeats=args.repeats)
+    except UserError as error:
+        raise SystemExit(f"tfmq-bench: error: {error}") from None
+    report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "environment": environment, "artifact": result, "total_s": round(time.perf_counter() - started, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"results written to {args.out}")
+    print(f"artifact {result['method']} {result['quant']} on {result['model']}: SQNR vs fake-quant "
+          f"{result['sqnr_db_vs_fake_quant']:.1f} dB, int8 {result['speedup_int8_vs_fp32']:.2f}x vs fp32 eager")
     return report
 
 

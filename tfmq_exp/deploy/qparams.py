@@ -15,12 +15,14 @@ and the tests, which calibrate on noise).
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from tfmq_exp.quant.api import matches_patterns
+from tfmq_exp.quant.quantizer import range_to_qparams
 
 QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
 W_BITS_RANGE = (2, 8)
@@ -141,23 +143,12 @@ def fake_quantize_activation(x: torch.Tensor, scale: float, zero_point: int, bit
 def select_layers(
     model: nn.Module, quant_patterns: Sequence[str] = ("*",), fp_patterns: Sequence[str] = ()
 ) -> List[str]:
-    """Names of Conv2d / Linear modules matching a ``quant_patterns`` fnmatch pattern and no ``fp_patterns`` one."""
+    """Names of Conv2d / Linear modules the core's selection rule picks (:func:`~tfmq_exp.quant.api.matches_patterns`)."""
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, QUANTIZABLE_TYPES)
-        and any(fnmatch.fnmatchcase(name, pattern) for pattern in quant_patterns)
-        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in fp_patterns)
+        if isinstance(module, QUANTIZABLE_TYPES) and matches_patterns(name, quant_patterns, fp_patterns)
     ]
-
-
-def _affine_from_range(low: torch.Tensor, high: torch.Tensor, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric ``(s, z)`` covering ``[min(low, 0), max(high, 0)]`` on ``[0, 2^b - 1]``."""
-    low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
-    qmax = 2**bits - 1
-    scale = torch.clamp((high - low) / qmax, min=1e-8)
-    zero_point = torch.clamp(torch.round(-low / scale), 0, qmax)
-    return scale, zero_point
 
 
 def _weight_params(weight: torch.Tensor, bits: int, symmetric: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +158,7 @@ def _weight_params(weight: torch.Tensor, bits: int, symmetric: bool) -> Tuple[to
         half = 2 ** (bits - 1)
         scale = torch.clamp(flat.abs().amax(dim=1) / (half - 1), min=1e-8)
         return scale, torch.full_like(scale, half)
-    return _affine_from_range(flat.amin(dim=1), flat.amax(dim=1), bits)
+    return range_to_qparams(flat.amin(dim=1), flat.amax(dim=1), bits)
 
 
 @torch.no_grad()
@@ -221,7 +212,7 @@ def minmax_layer_qparams(
     result: Dict[str, LayerQParams] = {}
     for name in names:
         weight_scale, weight_zero_point = _weight_params(modules[name].weight, w_bits, weight_symmetric)
-        act_scale, act_zero_point = _affine_from_range(lows[name], highs[name], a_bits)
+        act_scale, act_zero_point = range_to_qparams(lows[name], highs[name], a_bits)
         result[name] = LayerQParams(
             weight_scale=weight_scale,
             weight_zero_point=weight_zero_point,

@@ -9,8 +9,9 @@ returns the supplied feature instead of the layer's output. The exported graph t
 
 Feature names are the dotted names of the consuming ResNet blocks (``down_blocks.0.resnets.0``), as in
 ``tfmq_exp.models.adapters.spec.TemporalFeature.name``. Supported: ``UNet2DModel``-style denoisers whose
-time embedding depends on ``t`` alone (no class embedding). The diffusers attribute names this module relies
-on (``time_embedding``, ``time_emb_proj``, ``class_embedding``) are confined to :func:`tib_layout`.
+time embedding depends on ``t`` alone (no class embedding). The TIB is the core's (the model adapter's
+``TIBSpec``, :func:`tib_layout`); the per-``(t, i)`` quantization and its size are the core cache's
+(:mod:`tfmq_exp.temporal.feature_cache`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from tfmq_exp.deploy.qparams import fake_quantize_activation
 from tfmq_exp.errors import CacheMismatchError
+from tfmq_exp.models.adapters import get_adapter
+from tfmq_exp.temporal.feature_cache import dequantize_rows, quantize_rows, row_bytes
 
-PROJECTION_ATTRIBUTE = "time_emb_proj"
 
 
 @dataclass(frozen=True)
@@ -43,28 +44,22 @@ class TIBLayout:
 def tib_layout(unet: nn.Module) -> TIBLayout:
     """Find the TIB of a diffusers UNet and check that cache-based maintenance applies to it.
 
+    The TIB is the one the core finds (the model adapter's :class:`~tfmq_exp.models.adapters.TIBSpec`); this
+    only renames it for the deployment graph.
+
     Raises:
-        ValueError: the UNet has no ``time_emb_proj`` layers, or other inputs than ``t`` join the embedding.
+        ValueError: the UNet has no temporal features, or other inputs than ``t`` join the embedding.
     """
-    if getattr(unet, "class_embedding", None) is not None:
+    tib = get_adapter(unet).tib()
+    if not tib.depends_only_on_t:
         raise ValueError(
-            "cache-based maintenance needs temporal features that depend on t alone; this UNet adds a class "
-            "embedding to the time embedding"
+            "cache-based maintenance needs temporal features that depend on t alone; this UNet mixes "
+            f"{', '.join(tib.conditioning_modules)} into the time embedding"
         )
-    projections = {
-        name: f"{name}.{PROJECTION_ATTRIBUTE}"
-        for name, module in unet.named_modules()
-        if isinstance(getattr(module, PROJECTION_ATTRIBUTE, None), nn.Linear)
-    }
-    if not projections:
+    if not tib.features:
         raise ValueError("no ResNet block with a time_emb_proj Linear found: nothing to cache")
-    embedding = getattr(unet, "time_embedding", None)
-    embedding_layers = (
-        [f"time_embedding.{name}" for name, module in embedding.named_modules() if isinstance(module, nn.Linear)]
-        if embedding is not None
-        else []
-    )
-    return TIBLayout(projections=projections, layer_names=embedding_layers + list(projections.values()))
+    projections = {feature.resnet_name: feature.proj_name for feature in tib.features}
+    return TIBLayout(projections=projections, layer_names=tib.layer_names())
 
 
 def as_float_timesteps(timestep: torch.Tensor | float | int, batch_size: int) -> torch.Tensor:
@@ -178,8 +173,8 @@ class TemporalFeatureCache:
         finally:
             for handle in handles:
                 handle.remove()
-        if bits is not None:
-            captured = {name: _quantize_rows(values, bits) for name, values in captured.items()}
+        if bits is not None:  # the core cache's per-(t, i) quantization, bit for bit
+            captured = {name: dequantize_rows(*quantize_rows(values, bits)) for name, values in captured.items()}
         return cls(timesteps=timesteps, features=captured, bits=bits)
 
     def lookup(self, timesteps: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -201,26 +196,8 @@ class TemporalFeatureCache:
         return {name: values[index] for name, values in self.features.items()}
 
     def nbytes(self) -> int:
-        """Storage bytes: ``bits`` per value plus a float32 scale and a uint8 zero point per ``(t, i)``.
-
-        Without ``bits``, 4 bytes (float32) per value.
-        """
-        total = 0
-        for values in self.features.values():
-            if self.bits is None:
-                total += values.numel() * 4
-            else:
-                total += (values.numel() * self.bits + 7) // 8 + values.shape[0] * 5
-        return total
-
-
-def _quantize_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Fake-quantize each row (one timestep) with its own asymmetric min/max parameters."""
-    rows = []
-    qmax = 2**bits - 1
-    for row in values:
-        low, high = min(float(row.min()), 0.0), max(float(row.max()), 0.0)
-        scale = max((high - low) / qmax, 1e-8)
-        zero_point = int(min(max(round(-low / scale), 0), qmax))
-        rows.append(fake_quantize_activation(row, scale, zero_point, bits))
-    return torch.stack(rows)
+        """Storage bytes, as the core cache counts them (:func:`~tfmq_exp.temporal.feature_cache.row_bytes`);
+        without ``bits``, 4 bytes (float32) per value."""
+        if self.bits is None:
+            return sum(values.numel() * 4 for values in self.features.values())
+        return sum(values.shape[0] * row_bytes(values.shape[1], self.bits) for values in self.features.values())

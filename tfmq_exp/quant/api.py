@@ -52,11 +52,16 @@ __all__ = [
 ]
 
 
+def matches_patterns(name: str, quant_patterns: Sequence[str], fp_patterns: Sequence[str]) -> bool:
+    """Whether module ``name`` matches a ``quant_patterns`` entry and no ``fp_patterns`` one (fnmatch, case-sensitive)."""
+    if any(fnmatchcase(name, pattern) for pattern in fp_patterns):
+        return False
+    return any(fnmatchcase(name, pattern) for pattern in quant_patterns)
+
+
 def is_selected(name: str, model_cfg: ModelConfig) -> bool:
     """Whether module ``name`` matches a ``quant_patterns`` entry and no ``fp_patterns`` / ``extra_fp_patterns`` one."""
-    if any(fnmatchcase(name, pattern) for pattern in [*model_cfg.fp_patterns, *model_cfg.extra_fp_patterns]):
-        return False
-    return any(fnmatchcase(name, pattern) for pattern in model_cfg.quant_patterns)
+    return matches_patterns(name, model_cfg.quant_patterns, [*model_cfg.fp_patterns, *model_cfg.extra_fp_patterns])
 
 
 def quantize_(
