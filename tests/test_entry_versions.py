@@ -37,7 +37,7 @@ SOURCES = {
 RECORDED = {
     "calibration": (1, "0d244839a7a9e6d3"),
     "fp_reference": (1, "1050fc2ba580763e"),
-    "reconstruction": (2, "eb51286a27fcbad4"),
+    "reconstruction": (2, "02b76ac8272df2c9"),
     "act_reconstruction": (1, "ff414d647909970e"),
 }
 

@@ -87,6 +87,25 @@ def test_the_reconstruction_key_follows_maintenance(conf_dir, tmp_path) -> None:
     assert key("qdiffusion", "blocks") == key("qdiffusion", "blocks", "method.act_recon.iters=7")
 
 
+def test_the_reconstruction_key_is_derived_from_field_metadata(conf_dir, tmp_path) -> None:
+    from dataclasses import fields
+
+    from tfmq_exp.config.schema import RECON_ROLE, MethodConfig, QuantConfig
+
+    def key(*overrides: str) -> str:
+        return content_key(reconstruction_settings(_config(conf_dir, tmp_path, "method=qdiffusion", *overrides), "blocks"))
+
+    never = {f.name for cls in (MethodConfig, QuantConfig) for f in fields(cls) if f.metadata.get(RECON_ROLE) == "never"}
+    assert {"act_recon", "attention_matmuls", "a_bits", "softmax_bits"} <= never
+    base = key()
+    for override in ("method.attention_matmuls=false", "quant.softmax_bits=6", "method.act_calib_steps=all",
+                     "method.name=renamed", "quant.a_bits=6", "method.act_range=mse"):
+        assert key(override) == base, override  # read only after reconstruction
+    for override in ("method.recon.iters=11", "quant.w_bits=3", "method.weight_init=minmax", "calib.seed=5",
+                     "method.recon.p=3.0", "method.calib_steps=all"):
+        assert key(override) != base, override  # fields without a role always reach the key
+
+
 @pytest.mark.parametrize("method", ["tfmq_select"])
 def test_selection_runs_after_tiar_and_before_the_blocks(conf_dir, tmp_path, method: str) -> None:
     config = _config(conf_dir, tmp_path / "cache", f"method={method}")

@@ -7,6 +7,7 @@ a typo'd key or a wrong type fails at composition. Range checks live in ``__post
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -46,6 +47,18 @@ def _check_positive(key: str, value: float) -> None:
 # the time-embedding MLP (TFMQ-DM quant_model.py:110-119, ``modules[0]``), ResNet shortcut convolutions (TFMQ-DM
 # quant_model.py:56-66, "refer to PTQD") and the downsampler convolutions. One list for every model and method, so
 # comparisons are fair; Q-Diffusion itself keeps nothing in FP (remove patterns with ``model.fp_patterns=[...]``).
+RECON_ROLE = "reconstruction"
+"""Field metadata key: how a config field reaches block reconstruction (:func:`reconstruction_fields`).
+
+``never`` (only later stages read it), ``maintenance`` (only when a cache is installed before the blocks), ``fsc``
+(only when the TIB keeps running with per-timestep parameters). Fields without it reach reconstruction always, so
+a new field is in the reconstruction key until someone says otherwise."""
+
+
+def _role(role: str) -> dict:
+    return {RECON_ROLE: role}
+
+
 MODEL_FAMILIES = ("pixel", "latent", "class_conditional", "text_to_image")
 SAMPLERS = ("ddim", "ddpm", "plms", "dpmsolver++")  # tfmq_exp.eval.schedulers.SCHEDULERS builds them
 TASKS = ("run", "train_digits", "train_extractor")  # tfmq_exp.models.tasks.TASKS runs them
@@ -154,15 +167,15 @@ class QuantConfig:
         ema_momentum: momentum of the running min/max over calibration batches.
     """
 
-    name: str = MISSING
+    name: str = field(default=MISSING, metadata=_role("never"))
     w_bits: int = 8
-    a_bits: Optional[int] = 8
-    temporal_a_bits: Optional[int] = None
+    a_bits: Optional[int] = field(default=8, metadata=_role("never"))
+    temporal_a_bits: Optional[int] = field(default=None, metadata=_role("never"))
     weight_lp: float = 2.4
     weight_shrink_steps: int = 80
-    softmax_bits: int = 8
-    act_range: str = "minmax"
-    ema_momentum: float = 0.95
+    softmax_bits: int = field(default=8, metadata=_role("never"))
+    act_range: str = field(default="minmax", metadata=_role("never"))
+    ema_momentum: float = field(default=0.95, metadata=_role("never"))
 
     def __post_init__(self) -> None:
         _check_range("quant.w_bits", self.w_bits, W_BITS_RANGE)
@@ -272,24 +285,24 @@ class MethodConfig:
             ``quant/quant_block.py:27-33, 281-282, 310, 338``).
     """
 
-    name: str = MISSING
+    name: str = field(default=MISSING, metadata=_role("never"))
     quantize: bool = True
     weight_init: str = "shrink"
     recon: ReconConfig = field(default_factory=ReconConfig)
     calib_steps: str = "all"
     tiar: bool = False
-    fsc: bool = False
-    fsc_scope: str = "tib"
-    fsc_range: str = "minmax"
-    maintenance: str = "tib"
-    cache_bits: Optional[int] = None
-    cache_fallback: bool = False
+    fsc: bool = field(default=False, metadata=_role("fsc"))
+    fsc_scope: str = field(default="tib", metadata=_role("fsc"))
+    fsc_range: str = field(default="minmax", metadata=_role("fsc"))
+    maintenance: str = field(default="tib", metadata=_role("maintenance"))
+    cache_bits: Optional[int] = field(default=None, metadata=_role("maintenance"))
+    cache_fallback: bool = field(default=False, metadata=_role("maintenance"))
     split_shortcut: bool = False
-    select: SelectConfig = field(default_factory=SelectConfig)
-    act_recon: ActReconConfig = field(default_factory=ActReconConfig)
-    act_range: Optional[str] = None
-    act_calib_steps: str = "all"
-    attention_matmuls: bool = True
+    select: SelectConfig = field(default_factory=SelectConfig, metadata=_role("maintenance"))
+    act_recon: ActReconConfig = field(default_factory=ActReconConfig, metadata=_role("never"))
+    act_range: Optional[str] = field(default=None, metadata=_role("never"))
+    act_calib_steps: str = field(default="all", metadata=_role("never"))
+    attention_matmuls: bool = field(default=True, metadata=_role("never"))
 
     def __post_init__(self) -> None:
         _check_choice("method.weight_init", self.weight_init, ("minmax", "shrink"))
@@ -476,3 +489,8 @@ def register_configs() -> None:
     store.store(group="schema", name="calib", node=CalibConfig)
     store.store(group="schema", name="eval", node=EvalConfig)
     store.store(group="schema", name="runtime", node=RuntimeConfig)
+
+
+def reconstruction_fields(cls: type, role: str) -> tuple[str, ...]:
+    """Names of ``cls``'s fields whose :data:`RECON_ROLE` metadata is ``role``."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(RECON_ROLE) == role)

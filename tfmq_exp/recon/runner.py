@@ -33,7 +33,7 @@ from torch import nn
 from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.calib.steps import reconstruction_indices
-from tfmq_exp.config.schema import Config
+from tfmq_exp.config.schema import Config, MethodConfig, QuantConfig, reconstruction_fields
 from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.quant import QuantModule, RoundingSchedule, TimestepContext, WeightQuantizer, freeze_weights
 from tfmq_exp.quant import set_soft_rounding
@@ -95,10 +95,11 @@ def capture_batch_size(config: Config) -> int:
 # that differ only in them share it: ``qdiffusion`` and ``fsc``; ``w4a8``, ``w4a32`` and ``w4a8t4``; every
 # evaluation seed set. What acts before it is in: the maintenance installed before the blocks (a cache, and for a
 # selection the TIAR + FSC result it compares against: the FSC settings and the temporal activation bits).
-POST_RECONSTRUCTION_FIELDS = ("name", "act_recon", "act_range", "act_calib_steps", "attention_matmuls")
-MAINTENANCE_FIELDS = ("maintenance", "cache_bits", "cache_fallback", "select")
-FSC_FIELDS = ("fsc", "fsc_scope", "fsc_range")
-ACTIVATION_ONLY_FIELDS = ("name", "a_bits", "temporal_a_bits", "softmax_bits", "act_range", "ema_momentum")
+# Which config fields reach reconstruction is declared on the fields themselves (schema metadata RECON_ROLE).
+POST_RECONSTRUCTION_FIELDS = reconstruction_fields(MethodConfig, "never")
+MAINTENANCE_FIELDS = reconstruction_fields(MethodConfig, "maintenance")
+FSC_FIELDS = reconstruction_fields(MethodConfig, "fsc")
+ACTIVATION_ONLY_FIELDS = reconstruction_fields(QuantConfig, "never")
 
 
 def reconstruction_settings(config: Config, phase: str = "all") -> dict:
