@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from tfmq_exp.quant.api import matches_patterns
-from tfmq_exp.quant.quantizer import range_to_qparams
+from tfmq_exp.quant.quantizer import MIN_SCALE, range_to_qparams
+from tfmq_exp.quant.weight_range import minmax_range
 
 QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
 W_BITS_RANGE = (2, 8)
@@ -152,13 +153,13 @@ def select_layers(
 
 
 def _weight_params(weight: torch.Tensor, bits: int, symmetric: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    flat = weight.detach().float().flatten(1)  # [C_out, fan_in]
-    if symmetric:
+    w_min, w_max = minmax_range(weight)  # per output channel, as the core's weight quantizers
+    if symmetric:  # the benchmark's option (the core's quantizers are asymmetric): the range made symmetric
         # z = 2^(b-1): codes minus z span [-(2^(b-1) - 1), 2^(b-1) - 1] around zero.
         half = 2 ** (bits - 1)
-        scale = torch.clamp(flat.abs().amax(dim=1) / (half - 1), min=1e-8)
+        scale = torch.clamp(torch.maximum(-w_min, w_max) / (half - 1), min=MIN_SCALE)
         return scale, torch.full_like(scale, half)
-    return range_to_qparams(flat.amin(dim=1), flat.amax(dim=1), bits)
+    return range_to_qparams(w_min, w_max, bits)
 
 
 @torch.no_grad()
