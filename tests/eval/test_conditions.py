@@ -38,3 +38,21 @@ def test_labels_are_per_sample_and_independent_of_the_batch() -> None:
     parts = torch.cat([calib_labels(torch.arange(0, 4), 7, 3), calib_labels(torch.arange(4, 10), 7, 3)])
     assert torch.equal(whole, parts) and int(whole.max()) < 7
     assert not torch.equal(whole, calib_labels(torch.arange(10), num_classes=7, seed=4))
+
+
+@pytest.mark.parametrize(("null", "expected"), [(None, [0, 1, 2, 3, 0]), (0, [1, 2, 3, 4, 1]), (2, [0, 1, 3, 4, 0])])
+def test_class_labels_never_draw_the_null_class(null: int | None, expected: list[int]) -> None:
+    from tfmq_exp.config.schema import CalibConfig, Config, EvalConfig, ModelConfig, SamplerConfig
+    from tfmq_exp.eval.families import generation_parts
+    from tfmq_exp.models.loading import LoadedModel
+    from tfmq_exp.models.tiny import build_unet2d
+
+    model = ModelConfig(name="x", family="class_conditional", null_class=null)
+    config = Config(model=model, sampler=SamplerConfig(guidance_scale=3.0), quant=None, method=None,
+                    calib=CalibConfig(), eval=EvalConfig(), logger=None, runtime=None)
+    loaded = LoadedModel(unet=build_unet2d(num_class_embeds=5), model=model)
+    parts = generation_parts(loaded, config, "eval")
+    assert parts.labels(torch.arange(5)).tolist() == expected
+    assert parts.null_class == (4 if null is None else null)
+    calib = generation_parts(loaded, config, "calib").labels(torch.arange(200))
+    assert not (calib == parts.null_class).any() and len(set(calib.tolist())) == 4

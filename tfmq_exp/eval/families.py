@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Callable, Literal
+
+from torch import Tensor
 
 from tfmq_exp.config.schema import Config
 from tfmq_exp.errors import UserError
@@ -32,7 +34,7 @@ Purpose = Literal["eval", "calib"]
 
 
 def _class_setup(loaded: LoadedModel, config: Config) -> tuple[int, int]:
-    """``(num_classes, null_class)``: labels ``0 .. num_classes - 1`` are sampled, ``null_class`` is guidance's."""
+    """``(num_classes, null_class)``: every class embedding but ``null_class`` (guidance's) is sampled."""
     rows = loaded.num_class_embeds
     if not rows:
         raise UserError(
@@ -42,7 +44,14 @@ def _class_setup(loaded: LoadedModel, config: Config) -> tuple[int, int]:
     null = config.model.null_class if config.model.null_class is not None else rows - 1
     if not 0 <= null < rows:
         raise UserError(f"model.null_class={null} is outside the model's {rows} class embeddings")
-    return (rows - 1 if null == rows - 1 else rows), null
+    return rows - 1, null
+
+
+def _skipping(null: int, labels: Callable[[Tensor], Tensor], indices: Tensor) -> Tensor:
+    """Labels ``0 .. K - 1`` from ``labels`` mapped onto the embedding rows without ``null`` (identity when the
+    null class is the last row, as LDM cin256's 1000)."""
+    drawn = labels(indices)
+    return drawn + (drawn >= null).long()
 
 
 def _prompts(config: Config, purpose: Purpose) -> list[str]:
@@ -58,11 +67,12 @@ def generation_parts(loaded: LoadedModel, config: Config, purpose: Purpose) -> G
     if family in ("latent", "class_conditional"):
         parts.vae = loaded.vae
     if family == "class_conditional":
-        num_classes, parts.null_class = _class_setup(loaded, config)
+        num_classes, null = _class_setup(loaded, config)
         if purpose == "eval":
-            parts.labels = partial(eval_labels, num_classes=num_classes)
+            drawn = partial(eval_labels, num_classes=num_classes)
         else:
-            parts.labels = partial(calib_labels, num_classes=num_classes, seed=config.calib.seed)
+            drawn = partial(calib_labels, num_classes=num_classes, seed=config.calib.seed)
+        parts.null_class, parts.labels = null, partial(_skipping, null, drawn)
     if family == "text_to_image":
         parts.pipeline = loaded.pipeline
         parts.prompts = partial(cycle, _prompts(config, purpose))
