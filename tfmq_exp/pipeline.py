@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from tfmq_exp.config.schema import Config
+from tfmq_exp.devices import peak_memory, resolve_device
 from torch import nn
 
 from tfmq_exp.eval.protocol import Evaluation, evaluate, real_images
@@ -61,6 +62,9 @@ def run_pipeline(cfg: DictConfig, config: Config, run_dir: Path | None = None) -
     """
     run_dir = run_dir or current_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    # the one place ``runtime.device`` is resolved: every stage gets ``cpu`` or ``cuda``
+    runtime = dataclasses.replace(config.runtime, device=resolve_device(config.runtime.device))
+    config = dataclasses.replace(config, runtime=runtime)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     timer = StageTimer()
@@ -84,6 +88,7 @@ def run_pipeline(cfg: DictConfig, config: Config, run_dir: Path | None = None) -
         raise
     finally:
         summary["timing"] = timer.as_dict()
+        summary["memory"] = peak_memory()
         write_summary(run_dir, summary)
         tracking.summary({"timing": summary["timing"], "status": summary["status"]})
         tracking.finish(exit_code=0 if summary["status"] == "ok" else 1)

@@ -34,7 +34,7 @@ from tfmq_exp.quant import (
     quantize_,
     save_artifact,
 )
-from tfmq_exp.recon.runner import reconstruction_settings
+from tfmq_exp.recon.runner import capture_budget, reconstruction_settings
 from tfmq_exp.store import ENTRY_VERSIONS, ArtifactStore
 from tfmq_exp.timing import StageTimer
 
@@ -144,6 +144,7 @@ def quantize_for_method(
         context = TimestepContext()
         attach_timestep_context(unet_q, context)
     sections["quantization"] = {"layers": len(quant_map.layers)}
+    budget = capture_budget(config)  # one budget for every unit's captured data; its peaks go to the summary
     timesteps = sampling_timesteps(config.sampler, config.model)
 
     def maintain() -> None:
@@ -153,7 +154,8 @@ def quantize_for_method(
     def reconstruct_phase(phase: str) -> dict[str, Any]:
         directory = _reconstruction_dir(config, store, fingerprint, phase, calib_conditions)
         with timer("reconstruction"), store.locked(directory):  # a second run of it waits, then loads checkpoints
-            return reconstruct(unet_q, unet_fp, config, data, directory, config.runtime.progress, phase, context)
+            return reconstruct(unet_q, unet_fp, config, data, directory, config.runtime.progress, phase, context,
+                               budget)
 
     if method.quantize and method.maintenance == "cache":
         maintain()  # before everything: the blocks are reconstructed against the cached features
@@ -172,8 +174,10 @@ def quantize_for_method(
         directory = _act_pass_dir(config, store, fingerprint, calib_conditions)
         with timer("act_reconstruction"), store.locked(directory):
             sections["act_reconstruction"] = reconstruct_activations(
-                unet_q, unet_fp, config, data, directory, context=context, progress=config.runtime.progress
+                unet_q, unet_fp, config, data, directory, context=context, progress=config.runtime.progress,
+                budget=budget,
             )
+    sections["captured_memory"] = budget.report()
     sections["model_size"] = model_size(unet_q, unet_fp, sections.get("cache", {}).get("cache_bytes", 0))
     if config.save_artifact:
         save_artifact(run_dir / ARTIFACT_DIR, unet_q, config, extra={"sections": sections})

@@ -114,6 +114,7 @@ def _capture(
             seed_set=calibration_seed_set(config.calib.seed),
             record_trajectory=True,
             device=config.runtime.device,
+            devices=config.runtime.devices,
             progress=config.runtime.progress,
             parts=parts,
         )

@@ -342,6 +342,9 @@ class CalibConfig:
         seed: seed of the recorded trajectories (independent of the evaluation noise).
         prompts: text-to-image calibration prompts, one per line (``null``: the shipped calibration set);
             trajectory ``j`` uses line ``j mod lines``. Separate from ``eval.prompts``.
+        memory_budget_mb: megabytes of a unit's captured inputs and targets held in CPU memory at once; beyond it
+            they are written to files under ``runtime.cache_dir/spill`` and read back batch by batch
+            (:mod:`~tfmq_exp.recon.capture_buffer`). ``null``: no bound. Results do not depend on it.
     """
 
     num_samples: int = 128
@@ -352,9 +355,12 @@ class CalibConfig:
     recon_samples: int = 1024
     seed: int = 1234
     prompts: Optional[str] = None
+    memory_budget_mb: Optional[float] = field(default=8192.0, metadata=_role("never"))
 
     def __post_init__(self) -> None:
         _check_range("calib.num_samples", self.num_samples, (1, 10_000_000))
+        if self.memory_budget_mb is not None:
+            _check_range("calib.memory_budget_mb", self.memory_budget_mb, (0, 1e9))
         _check_range("calib.uniform_every", self.uniform_every, (1, 10_000))
 
 
@@ -424,18 +430,23 @@ class RuntimeConfig:
     Attributes:
         threads: torch intra-op threads (1 is fastest on a shared 2-core machine).
         device: ``cpu``, ``cuda`` or ``auto``.
+        devices: processes (one per device) that sample: evaluation, the full-precision reference and the
+            calibration trajectories run under DDP on this many devices, with the same images as on one
+            (:mod:`~tfmq_exp.eval.distributed`); reconstruction runs unit by unit on one.
         cache_dir: shared artifacts (calibration data, full-precision references); reused across runs.
         progress: show Lightning progress bars.
     """
 
     threads: int = 1
     device: str = "cpu"
+    devices: int = 1
     cache_dir: str = "${oc.env:TFMQ_CACHE_DIR,${oc.env:HOME}/.cache/tfmq_exp}"
     progress: bool = True
 
     def __post_init__(self) -> None:
         _check_range("runtime.threads", self.threads, (1, 1024))
         _check_choice("runtime.device", self.device, ("cpu", "cuda", "auto"))
+        _check_range("runtime.devices", self.devices, (1, 1024))
 
 
 @dataclass

@@ -129,6 +129,7 @@ def evaluate(
         config.eval.batch_size,
         config.eval.seed_set,
         device=config.runtime.device,
+        devices=config.runtime.devices,
         progress=config.runtime.progress,
         parts=parts,
     )
@@ -155,6 +156,7 @@ def record_trajectory(
         config.eval.seed_set,
         record_trajectory=True,
         device=config.runtime.device,
+        devices=config.runtime.devices,
         progress=False,
         parts=parts,
     )

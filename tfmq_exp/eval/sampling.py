@@ -23,12 +23,11 @@ import lightning as L
 import torch
 from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from torch.utils.data import DataLoader, Dataset
 
 from tfmq_exp.config.schema import ModelConfig, SamplerConfig
 from tfmq_exp.eval.schedulers import build_scheduler, sampling_timesteps
 from tfmq_exp.eval.unet_inputs import UNetInputRecorder
-from tfmq_exp.trainer import make_trainer
+from tfmq_exp.eval.distributed import predict_on_devices
 
 __all__ = ["GenerationParts", "SampleBatch", "build_scheduler", "generate", "initial_noise",
            "noise_fingerprint", "sample_seed", "sampling_timesteps"]  # fmt: skip
@@ -62,17 +61,6 @@ class GenerationParts:
     prompts: Optional[Callable[[torch.Tensor], list[str]]] = None
     guidance_scale: float = 1.0
     image_size: Optional[int] = None
-
-
-class _Indices(Dataset):
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> int:
-        return index
 
 
 @dataclass
@@ -234,12 +222,14 @@ def generate(
     device: str = "cpu",
     progress: bool = True,
     parts: Optional[GenerationParts] = None,
+    devices: int = 1,
 ) -> SampleBatch:
-    """Generate ``num_samples`` images (and optionally the UNet's inputs) with a Lightning predict loop."""
+    """Generate ``num_samples`` images (and optionally the UNet's inputs) with a Lightning predict loop.
+
+    ``devices`` > 1 runs it under DDP (:mod:`~tfmq_exp.eval.distributed`); the result is the same as on one.
+    """
     module = DiffusionSampler(unet, sampler, model, seed_set, record_trajectory, parts)
-    loader = DataLoader(_Indices(num_samples), batch_size=batch_size, shuffle=False)
-    batches = make_trainer(device, progress).predict(module, loader)
-    assert batches is not None
+    batches = predict_on_devices(module, num_samples, batch_size, device, devices, progress, SampleBatch)
     result = SampleBatch(indices=torch.cat([b.indices for b in batches]), images=torch.cat([b.images for b in batches]))
     if record_trajectory:
         result.trajectory = torch.cat([b.trajectory for b in batches], dim=1)

@@ -31,18 +31,21 @@ from torch import nn
 
 from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.config.schema import Config
+from tfmq_exp.devices import resolve_device
 from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant import ActQuantizer, TimestepContext, iter_act_quantizers
+from tfmq_exp.recon.capture_buffer import CaptureBudget
 from tfmq_exp.recon.unit_io import capture_inputs, capture_output
 from tfmq_exp.recon.checkpoint import UnitCheckpoints, run_resumable
 from tfmq_exp.recon.module import ReconstructionModule, fit_unit
 from tfmq_exp.recon.objectives import BlockOutputObjective, UnitDataset, evaluate_objective
 from tfmq_exp.recon.runner import (
     EVAL_BATCH_SIZE,
+    calib_settings,
     capture_batch_size,
+    capture_budget,
     recon_samples,
-    resolve_device,
     session,
     unit_seed,
 )
@@ -59,7 +62,7 @@ def act_pass_settings(config: Config) -> dict:
     method = {k: v for k, v in asdict(config.method).items() if k != "name"}
     quant = {k: v for k, v in asdict(config.quant).items() if k != "name"}
     return {"stage": "act_recon", "model": asdict(config.model), "quant": quant, "method": method,
-            "calib": asdict(config.calib), "sampler": asdict(config.sampler)}
+            "calib": calib_settings(config), "sampler": asdict(config.sampler)}
 
 
 def plan_act_units(unet_q: nn.Module, unet_fp: nn.Module) -> list[tuple[ReconUnit, list[ActQuantizer]]]:
@@ -89,13 +92,13 @@ def _plateau_ratio(losses: list[float]) -> float:
 
 def _optimise_unit(
     unit: ReconUnit, quantizers: list[ActQuantizer], unet_q: nn.Module, unet_fp: nn.Module, samples: Any,
-    config: Config, device: str, progress: bool, context: TimestepContext | None,
+    config: Config, device: str, progress: bool, context: TimestepContext | None, budget: CaptureBudget,
 ) -> dict[str, Any]:  # fmt: skip
     act = config.method.act_recon
     started = time.perf_counter()
     module_q, module_fp = unet_q.get_submodule(unit.name), unet_fp.get_submodule(unit.name)
-    inputs = capture_inputs(unet_fp, module_fp, samples, capture_batch_size(config))  # FP inputs (asym=False)
-    target = capture_output(unet_fp, module_fp, samples, capture_batch_size(config))
+    inputs = capture_inputs(unet_fp, module_fp, samples, capture_batch_size(config), budget)  # FP inputs (asym=False)
+    target = capture_output(unet_fp, module_fp, samples, capture_batch_size(config), budget)
     dataset = UnitDataset(inputs.tensors, target, timesteps=samples.timesteps)
     objective = BlockOutputObjective(inputs.template, act.p, context)
     loss_init = evaluate_objective(module_q, objective, dataset, EVAL_BATCH_SIZE)
@@ -134,6 +137,7 @@ def reconstruct_activations(
     *,
     context: TimestepContext | None = None,
     progress: bool = False,
+    budget: CaptureBudget | None = None,
 ) -> dict[str, Any]:
     """Run the activation pass of ``config.method.act_recon`` on the calibrated ``unet_q`` (in place, resumable).
 
@@ -145,6 +149,7 @@ def reconstruct_activations(
         checkpoint_dir: per-unit checkpoints (activation-quantizer state included).
         progress: show Lightning progress bars.
         context: the timestep context (a temporal-feature cache in a unit reads each sample's timestep).
+        budget: holds each unit's captured data (released after every unit).
 
     Returns:
         A JSON-serialisable report: ``enabled``, ``units`` (name -> losses before and after, plateau ratio,
@@ -166,11 +171,16 @@ def reconstruct_activations(
         checkpoints = UnitCheckpoints(checkpoint_dir, key, activations=True)
         samples = recon_samples(data, config)
         quantizers = {unit.name: unit_quantizers for unit, unit_quantizers in plan}
+        unit_budget = budget or capture_budget(config)
 
         def optimise(unit: ReconUnit) -> dict[str, Any]:
-            entry = _optimise_unit(
-                unit, quantizers[unit.name], unet_q, unet_fp, samples, config, device, progress, context
-            )
+            try:
+                entry = _optimise_unit(
+                    unit, quantizers[unit.name], unet_q, unet_fp, samples, config, device, progress, context,
+                    unit_budget,
+                )
+            finally:
+                unit_budget.release()
             log.info("activation pass %s: loss %.4g -> %.4g in %.1f s", unit.name, entry["loss_init"],
                      entry["loss_final"], entry["seconds"])
             return entry

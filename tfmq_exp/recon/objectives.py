@@ -20,9 +20,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from tfmq_exp.quant import RoundingSchedule, TimestepContext, WeightQuantizer
+from tfmq_exp.recon.capture_buffer import CaptureBuffer
 from tfmq_exp.recon.unit_io import CallTemplate, first_tensor
 
 Batch = dict[str, Any]
+Rows = Tensor | CaptureBuffer  # ``[M, ...]`` rows held in memory, or spilled to a file
 
 
 class Objective(Protocol):
@@ -105,13 +107,13 @@ class UnitDataset(Dataset):
     Use with ``DataLoader(dataset, batch_size=None, sampler=<yields index lists>)``.
 
     Args:
-        inputs: key -> ``[M, ...]`` tensors the unit is called with.
+        inputs: key -> ``[M, ...]`` rows the unit is called with (tensors, or spilled buffers read per batch).
         target: ``[M, ...]``, or name -> ``[M, ...]`` for several outputs.
         timesteps: ``[M]`` the timestep of each sample (batches then carry ``"timesteps"``), or ``None``.
     """
 
     def __init__(
-        self, inputs: dict[str, Tensor], target: Tensor | dict[str, Tensor], timesteps: Optional[Tensor] = None
+        self, inputs: dict[str, Rows], target: Rows | dict[str, Rows], timesteps: Optional[Tensor] = None
     ) -> None:
         sizes = {v.shape[0] for v in inputs.values()}
         sizes |= {v.shape[0] for v in (target.values() if isinstance(target, dict) else [target])}

@@ -33,11 +33,13 @@ from torch import nn
 from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.calib.steps import reconstruction_indices
-from tfmq_exp.config.schema import Config, MethodConfig, QuantConfig, reconstruction_fields
+from tfmq_exp.config.schema import CalibConfig, Config, MethodConfig, QuantConfig, reconstruction_fields
+from tfmq_exp.devices import resolve_device
 from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.quant import QuantModule, RoundingSchedule, TimestepContext, WeightQuantizer, freeze_weights
 from tfmq_exp.quant import set_soft_rounding
 from tfmq_exp.quant.adaround import rectified_sigmoid
+from tfmq_exp.recon.capture_buffer import CaptureBudget
 from tfmq_exp.recon.unit_io import ReconSamples, capture_inputs, capture_output
 from tfmq_exp.recon.checkpoint import UnitCheckpoints, run_resumable
 from tfmq_exp.recon.module import ReconstructionModule, fit_unit
@@ -67,13 +69,6 @@ def unit_seed(run_seed: int, index: int) -> int:
     return int(content_key(["recon-unit", run_seed, index]), 16) % (2**62)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def recon_samples(data: CalibrationData, config: Config) -> ReconSamples:
     """The reconstruction samples (``calib.recon_samples`` of them, steps by ``method.calib_steps``)."""
     steps, samples = reconstruction_indices(
@@ -82,6 +77,11 @@ def recon_samples(data: CalibrationData, config: Config) -> ReconSamples:
     timesteps = torch.tensor(data.timesteps, dtype=torch.long)[steps]
     conditioning = {name: value[samples] for name, value in data.conditioning.items()}
     return ReconSamples(data.x[steps, samples], timesteps, conditioning)
+
+
+def capture_budget(config: Config) -> CaptureBudget:
+    """The memory budget for captured unit data (``calib.memory_budget_mb``), spilling under the cache directory."""
+    return CaptureBudget(config.calib.memory_budget_mb, Path(config.runtime.cache_dir) / "spill")
 
 
 def capture_batch_size(config: Config) -> int:
@@ -100,6 +100,12 @@ POST_RECONSTRUCTION_FIELDS = reconstruction_fields(MethodConfig, "never")
 MAINTENANCE_FIELDS = reconstruction_fields(MethodConfig, "maintenance")
 FSC_FIELDS = reconstruction_fields(MethodConfig, "fsc")
 ACTIVATION_ONLY_FIELDS = reconstruction_fields(QuantConfig, "never")
+NON_RESULT_CALIB_FIELDS = reconstruction_fields(CalibConfig, "never")
+
+
+def calib_settings(config: Config) -> dict[str, Any]:
+    """The ``calib`` fields that can change a reconstruction's result (not, e.g., its memory budget)."""
+    return {k: v for k, v in asdict(config.calib).items() if k not in NON_RESULT_CALIB_FIELDS}
 
 
 def reconstruction_settings(config: Config, phase: str = "all") -> dict:
@@ -122,7 +128,7 @@ def reconstruction_settings(config: Config, phase: str = "all") -> dict:
             quant["act_range"] = config.method.act_range or config.quant.act_range
             quant["ema_momentum"] = config.quant.ema_momentum
     return {"phase": phase, "model": asdict(config.model), "quant": quant, "method": method,
-            "calib": asdict(config.calib), "sampler": asdict(config.sampler)}
+            "calib": calib_settings(config), "sampler": asdict(config.sampler)}
 
 
 def setup_key(
@@ -206,7 +212,9 @@ def _optimise(
     quantizers = [quantizer for layer in layers for quantizer in layer.weight_quantizers()]
     regulariser = RoundingRegulariser(RoundingSchedule.from_recon_config(recon), quantizers, recon.reg_lambda)
     reconstruction = ReconstructionModule(module, objective, regulariser, parameters, recon.lr)
+    fit_started = time.perf_counter()
     fit_unit(reconstruction, dataset, recon.iters, batch_size, unit_seed(config.calib.seed, unit.index), device, progress)
+    fit_seconds = time.perf_counter() - fit_started
     module.to(device)  # Lightning's teardown moves the fitted module to the CPU
     undecided = undecided_fraction(quantizers)
     loss_soft = evaluate_objective(module, objective, dataset, EVAL_BATCH_SIZE)
@@ -225,6 +233,7 @@ def _optimise(
         "loss_first_step": reconstruction.losses[0],
         "loss_last_step": reconstruction.losses[-1],
         "regulariser_last_step": reconstruction.regulariser_losses[-1],
+        "seconds_per_iter": fit_seconds / recon.iters,
         "seconds": time.perf_counter() - started,
     }
 
@@ -240,16 +249,25 @@ def _tiar(unit: ReconUnit, unet_q: nn.Module, unet_fp: nn.Module, data: Calibrat
     return _optimise(unit, module, TemporalFeatureObjective(), dataset, unet_q, config, len(dataset), device, progress)
 
 
-def _block(unit: ReconUnit, unet_q: nn.Module, unet_fp: nn.Module, samples: ReconSamples, config: Config,
-           device: str, progress: bool, context: TimestepContext | None) -> dict[str, Any]:
-    """BRECQ: one block against the full-precision block's output (a cache in the block reads each sample's t)."""
+def reconstruct_block(
+    unit: ReconUnit, unet_q: nn.Module, unet_fp: nn.Module, samples: ReconSamples, config: Config, device: str,
+    progress: bool, context: TimestepContext | None, budget: CaptureBudget,
+) -> dict[str, Any]:  # fmt: skip
+    """BRECQ: one block against the full-precision block's output (a cache in the block reads each sample's t).
+
+    Its captured inputs and target go into ``budget`` (the caller releases them); the entry adds the capture's
+    seconds to :func:`_optimise`'s report.
+    """
+    started = time.perf_counter()
     module_q, module_fp = unet_q.get_submodule(unit.name), unet_fp.get_submodule(unit.name)
-    inputs = capture_inputs(unet_q, module_q, samples, capture_batch_size(config))
-    target = capture_output(unet_fp, module_fp, samples, capture_batch_size(config))
+    inputs = capture_inputs(unet_q, module_q, samples, capture_batch_size(config), budget)
+    target = capture_output(unet_fp, module_fp, samples, capture_batch_size(config), budget)
+    capture_seconds = time.perf_counter() - started
     dataset = UnitDataset(inputs.tensors, target, timesteps=samples.timesteps)
     objective = BlockOutputObjective(inputs.template, config.method.recon.p, context)
     batch_size = config.method.recon.batch_size
-    return _optimise(unit, module_q, objective, dataset, unet_q, config, batch_size, device, progress)
+    entry = _optimise(unit, module_q, objective, dataset, unet_q, config, batch_size, device, progress)
+    return {**entry, "capture_seconds": capture_seconds, "seconds": time.perf_counter() - started}
 
 
 def reconstruct(
@@ -261,6 +279,7 @@ def reconstruct(
     progress: bool = False,
     phase: str | None = None,
     context: TimestepContext | None = None,
+    budget: CaptureBudget | None = None,
 ) -> dict[str, Any]:
     """Reconstruct the rounding of ``unet_q``'s weights in one phase: TIAR or the BRECQ units, resumable.
 
@@ -279,6 +298,7 @@ def reconstruct(
         phase: ``tiar`` (the TIB unit) or ``blocks`` (every other unit), see :data:`PHASES`; ``None``: both.
         context: the timestep context a temporal-feature cache inside a block reads (per sample while a block is
             fitted on batches that mix timesteps).
+        budget: holds each block's captured data (:func:`capture_budget`; released after every unit).
 
     Returns:
         A JSON-serialisable report: ``units`` (name -> index, kind, layers, iters, lr, samples, the losses with
@@ -299,13 +319,17 @@ def reconstruct(
     device = resolve_device(config.runtime.device)
     checkpoints = UnitCheckpoints(checkpoint_dir, setup_key(unet_fp, config, data, plan, phase or "all"))
     samples = recon_samples(data, config) if any(unit.kind != TIAR_KIND for unit in plan) else None
+    budget = budget or capture_budget(config)
 
     def optimise(unit: ReconUnit) -> dict[str, Any]:
         if unit.kind == TIAR_KIND:
             entry = _tiar(unit, unet_q, unet_fp, data, config, device, progress)
         else:
             assert samples is not None
-            entry = _block(unit, unet_q, unet_fp, samples, config, device, progress, context)
+            try:
+                entry = reconstruct_block(unit, unet_q, unet_fp, samples, config, device, progress, context, budget)
+            finally:
+                budget.release()
         log.info("unit %s (%s): loss %.4g -> soft %.4g / hard %.4g, undecided %.2f%% in %.1f s", unit.name,
                  unit.kind, entry["loss_nearest"], entry["loss_soft"], entry["loss_hard"],
                  100 * entry["undecided_fraction"], entry["seconds"])

@@ -9,12 +9,14 @@ both then raise :class:`StopForward`, so the rest of the UNet is not computed (a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from tfmq_exp.conditioning import nest
+from tfmq_exp.recon.capture_buffer import CaptureBudget, CaptureBuffer
 
 
 class StopForward(Exception):
@@ -83,9 +85,10 @@ class CallTemplate:
 
 @dataclass
 class CapturedInputs:
-    """Everything a unit received over all samples: batched tensors ``[M, ...]`` plus the call template."""
+    """Everything a unit received over all samples: batched tensors ``[M, ...]`` (held, or spilled to a
+    :class:`CaptureBuffer`) plus the call template."""
 
-    tensors: dict[str, Tensor]
+    tensors: dict[str, Tensor | CaptureBuffer]
     template: CallTemplate
 
 
@@ -113,28 +116,53 @@ def _run(unet: nn.Module, samples: ReconSamples, batch_size: int, on_batch: Call
             raise RuntimeError("the unit was not called during the UNet forward")
 
 
-def _merge(calls: list[tuple[int, dict[str, Any]]]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Concatenate per-batch values that carry the batch dimension; check that the others are constant."""
-    tensors: dict[str, Tensor] = {}
-    constants: dict[str, Any] = {}
-    for key in calls[0][1]:
-        values = [(size, call[key]) for size, call in calls]
-        if all(isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size for size, v in values):
-            tensors[key] = torch.cat([v for _, v in values])
-            continue
-        first = values[0][1]
-        for _, other in values[1:]:
-            if isinstance(first, Tensor) and isinstance(other, Tensor):
-                same = torch.equal(first, other)
-            else:
-                same = first == other
-            if not same:
+def _is_batched(value: Any, size: int) -> bool:
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == size
+
+
+def _same(first: Any, other: Any) -> bool:
+    if isinstance(first, Tensor) and isinstance(other, Tensor):
+        return first.shape == other.shape and torch.equal(first, other.to(first.device))
+    return first == other
+
+
+class _Recorder:
+    """Writes each call's batched values into buffers of the budget as they come; checks the rest is constant.
+
+    Whether an argument is batched is decided at the first call (a tensor whose first dimension is that call's
+    batch size); a later call that disagrees is an error, as is a non-batched argument that changes.
+    """
+
+    def __init__(self, rows: int, budget: CaptureBudget) -> None:
+        self.rows, self.budget = rows, budget
+        self.buffers: dict[str, CaptureBuffer] = {}
+        self.constants: dict[str, Any] = {}
+        self.started = False
+
+    def record(self, size: int, values: dict[str, Any]) -> None:
+        if not self.started:
+            for key, value in values.items():
+                if _is_batched(value, size):
+                    self.buffers[key] = self.budget.allocate(self.rows, value.shape[1:], value.dtype)
+                else:
+                    self.constants[key] = value.detach().cpu() if isinstance(value, Tensor) else value
+            self.started = True
+        for key, value in values.items():
+            if key in self.buffers and _is_batched(value, size):
+                self.buffers[key].append(value)
+            elif key in self.buffers or not _same(self.constants[key], value):
                 raise ValueError(f"unit argument {key!r} is neither batched nor constant across calls")
-        constants[key] = first
-    return tensors, constants
+
+    def tensors(self) -> dict[str, Tensor | CaptureBuffer]:
+        for key, buffer in self.buffers.items():
+            if buffer.written != self.rows:
+                raise RuntimeError(f"captured {buffer.written} rows of {key!r} for {self.rows} samples")
+        return {key: buffer.materialized() for key, buffer in self.buffers.items()}
 
 
-def capture_inputs(unet: nn.Module, unit: nn.Module, samples: ReconSamples, batch_size: int) -> CapturedInputs:
+def capture_inputs(
+    unet: nn.Module, unit: nn.Module, samples: ReconSamples, batch_size: int, budget: CaptureBudget | None = None
+) -> CapturedInputs:
     """Record every argument ``unit`` receives when ``unet`` runs on ``samples`` (forward stopped at the unit).
 
     Args:
@@ -142,11 +170,14 @@ def capture_inputs(unet: nn.Module, unit: nn.Module, samples: ReconSamples, batc
         unit: a submodule of ``unet``.
         samples: the reconstruction samples.
         batch_size: samples per UNet forward.
+        budget: where the batched tensors' rows go (held or spilled, see :mod:`~tfmq_exp.recon.capture_buffer`);
+            ``None``: held in memory.
 
     Returns:
-        The batched tensors (on the CPU) and the template to call the unit with them.
+        The batched tensors (on the CPU; a spilled one as a :class:`CaptureBuffer`) and the template to call the
+        unit with them.
     """
-    calls: list[tuple[int, dict[str, Any]]] = []
+    recorder = _Recorder(len(samples), budget or CaptureBudget(None, Path(".")))
     sizes: list[int] = []
     signatures: list[tuple[int, tuple[str, ...]]] = []
 
@@ -157,7 +188,7 @@ def capture_inputs(unet: nn.Module, unit: nn.Module, samples: ReconSamples, batc
         signatures.append(signature)
         record = {f"arg{i}": value for i, value in enumerate(args)}
         record.update({f"kw:{name}": value for name, value in kwargs.items()})
-        calls.append((sizes[-1], {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in record.items()}))
+        recorder.record(sizes[-1], record)
         raise StopForward
 
     handle = unit.register_forward_pre_hook(hook, with_kwargs=True)
@@ -165,12 +196,13 @@ def capture_inputs(unet: nn.Module, unit: nn.Module, samples: ReconSamples, batc
         _run(unet, samples, batch_size, sizes.append)
     finally:
         handle.remove()
-    tensors, constants = _merge(calls)
     num_args, kwarg_names = signatures[0]
-    return CapturedInputs(tensors, CallTemplate(num_args, list(kwarg_names), constants))
+    return CapturedInputs(recorder.tensors(), CallTemplate(num_args, list(kwarg_names), recorder.constants))
 
 
-def capture_output(unet: nn.Module, unit: nn.Module, samples: ReconSamples, batch_size: int) -> Tensor:
+def capture_output(
+    unet: nn.Module, unit: nn.Module, samples: ReconSamples, batch_size: int, budget: CaptureBudget | None = None
+) -> Tensor | CaptureBuffer:
     """Record the main output of ``unit`` when ``unet`` runs on ``samples`` (forward stopped after the unit).
 
     Args:
@@ -178,19 +210,21 @@ def capture_output(unet: nn.Module, unit: nn.Module, samples: ReconSamples, batc
         unit: a submodule of ``unet``.
         samples: the reconstruction samples.
         batch_size: samples per UNet forward.
+        budget: where the rows go (see :func:`capture_inputs`).
 
     Returns:
-        ``[M, ...]`` on the CPU.
+        ``[M, ...]`` on the CPU (a :class:`CaptureBuffer` when spilled).
     """
-    outputs: list[Tensor] = []
+    recorder = _Recorder(len(samples), budget or CaptureBudget(None, Path(".")))
+    sizes: list[int] = []
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
-        outputs.append(first_tensor(output).detach().cpu())
+        recorder.record(sizes[-1], {"output": first_tensor(output)})
         raise StopForward
 
     handle = unit.register_forward_hook(hook)
     try:
-        _run(unet, samples, batch_size, lambda size: None)
+        _run(unet, samples, batch_size, sizes.append)
     finally:
         handle.remove()
-    return torch.cat(outputs)
+    return recorder.tensors()["output"]

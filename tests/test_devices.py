@@ -1,0 +1,48 @@
+"""Device handling in one place (:mod:`tfmq_exp.devices`), and every stage on CUDA where a GPU exists (``gpu``
+marker: skipped on machines without CUDA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_pipeline import TINY_QUANT, run_cli
+from tfmq_exp.devices import peak_memory, resolve_device
+from tfmq_exp.errors import UserError
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_auto_resolves_to_what_exists_and_a_missing_gpu_is_a_user_error() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="runtime.device=cuda"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="not valid"):
+        resolve_device("tpu")
+
+
+def test_peak_memory_reports_the_resident_peak_in_mib() -> None:
+    block = torch.ones(512 * 2**20, dtype=torch.uint8)  # 512 MiB, touched
+    assert peak_memory()["peak_rss_mib"] >= 512 and int(block[-1]) == 1
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("method", ["tfmq", "qdiffusion", "tfmq_cache"])
+def test_every_stage_runs_on_cuda(tmp_path: Path, method: str) -> None:
+    summary = run_cli(tmp_path / "run", tmp_path / "cache", f"method={method}", *TINY_QUANT, "runtime.device=cuda",
+                      "method.act_recon.iters=4")
+    assert summary["status"] == "ok" and summary["config"]["runtime"]["device"] == "cuda"
+    assert summary["memory"]["peak_cuda_allocated_mib"] > 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_and_cpu_give_close_numbers(tmp_path: Path) -> None:
+    cpu = run_cli(tmp_path / "cpu", tmp_path / "cache_cpu", "method=tfmq", *TINY_QUANT)
+    cuda = run_cli(tmp_path / "cuda", tmp_path / "cache_cuda", "method=tfmq", *TINY_QUANT, "runtime.device=cuda")
+    assert cuda["temporal"]["rel_mse_mean"] == pytest.approx(cpu["temporal"]["rel_mse_mean"], rel=0.2)

@@ -1,0 +1,38 @@
+"""Where computation runs, in one place: the device a config names, and the memory a run used.
+
+``runtime.device`` is resolved once, when a run starts (``auto`` -> ``cuda`` where CUDA exists, else ``cpu``); every
+stage then receives ``cpu`` or ``cuda``. Captured data always lives on the CPU (or in spill files, see
+:mod:`~tfmq_exp.recon.capture_buffer`) and moves to the device batch by batch.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+
+from tfmq_exp.errors import UserError
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is an error."""
+    if device not in DEVICES:
+        raise ValueError(f"runtime.device={device!r} is not valid; choose one of: {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("runtime.device=cuda, but PyTorch sees no CUDA device; use runtime.device=cpu or auto")
+    return device
+
+
+def peak_memory() -> dict[str, float]:
+    """The process's peak resident set (``ru_maxrss``) and, where CUDA was used, the peak allocated GPU memory,
+    in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peaks = {"peak_rss_mib": rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024}  # bytes on macOS
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / (1024 * 1024)
+    return peaks
