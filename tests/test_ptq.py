@@ -27,7 +27,7 @@ def test_tfmq_released_has_per_timestep_parameters_on_every_activation_quantizer
 def test_qdiffusion_runs_its_activation_pass_with_softmax_at_its_own_bits(conf_dir, tmp_path) -> None:
     config = composed_config(conf_dir, tmp_path / "cache", "method=qdiffusion", "quant=w8a4")
     _, quantized = quantize_digits(config, tmp_path)
-    units = quantized.sections["act_reconstruction"]["units"]
+    units = quantized.result.act_reconstruction.units
     assert units and all(entry["iters"] == 3 and "loss_final" in entry for entry in units.values())
     processors = [processor for _, processor in iter_attn_processors(quantized.unet)]
     assert processors and all(p.softmax_quantizer.bits == 8 and p.query_quantizer.bits == 4 for p in processors)
@@ -36,7 +36,7 @@ def test_qdiffusion_runs_its_activation_pass_with_softmax_at_its_own_bits(conf_d
 def test_the_cache_is_in_place_before_block_reconstruction(conf_dir, tmp_path) -> None:
     config = composed_config(conf_dir, tmp_path / "cache", "method=tfmq_cache")
     unet_fp, quantized = quantize_digits(config, tmp_path)
-    units = quantized.sections["reconstruction"]["units"]
+    units = quantized.result.reconstruction.units
     layers = [layer for entry in units.values() for layer in entry["layers"]]
     # Blocks were reconstructed with the cache standing in for their projections: no projection was a unit layer,
     # and no TIB unit ran (cached features need no TIAR).
@@ -44,8 +44,9 @@ def test_the_cache_is_in_place_before_block_reconstruction(conf_dir, tmp_path) -
     assert "tib" not in units
     projections = [m for name, m in quantized.unet.named_modules() if name.endswith("time_emb_proj")]
     assert projections and all(isinstance(m, CachedTemporalFeature) for m in projections)
-    assert "maintenance_s" not in quantized.sections  # the section holds results, the timer holds times
-    assert quantized.sections["cache"]["modules"] == len(projections)
+    assert "maintenance_s" not in quantized.result.to_dict()  # the result holds results, the timer holds times
+    assert quantized.result.maintenance.cache.modules == len(projections)
+    assert quantized.result.model_size.cache_bytes == quantized.result.maintenance.cache.cache_bytes > 0
 
 
 def test_the_reconstruction_key_follows_maintenance(conf_dir, tmp_path) -> None:
@@ -83,14 +84,14 @@ def test_the_reconstruction_key_is_derived_from_field_metadata(conf_dir, tmp_pat
 def test_selection_runs_after_tiar_and_before_the_blocks(conf_dir, tmp_path, method: str) -> None:
     config = composed_config(conf_dir, tmp_path / "cache", f"method={method}")
     _, quantized = quantize_digits(config, tmp_path)
-    selection = quantized.sections["selection"]
-    assert selection["score"] == "feature_rel_mse"  # temporal-feature error by default
-    units = quantized.sections["reconstruction"]["units"]
-    cached = {feature for feature, option in selection["choice"].items() if option == "cache"}
+    selection = quantized.result.maintenance.selection
+    assert selection.score == "feature_rel_mse"  # temporal-feature error by default
+    units = quantized.result.reconstruction.units
+    cached = {feature for feature, option in selection.choice.items() if option == "cache"}
     layers = {layer for entry in units.values() for layer in entry["layers"]}
     assert "tib" in units and list(units)[0] == "tib"
     assert not any(layer.endswith("time_emb_proj") for layer in layers - set(units["tib"]["layers"]))
-    assert len(cached) == quantized.sections["cache"]["modules"]
+    assert len(cached) == quantized.result.maintenance.cache.modules
 
 
 @pytest.mark.parametrize(
@@ -105,9 +106,9 @@ def test_caches_that_keep_the_tib_as_fallback_reconstruct_and_calibrate(conf_dir
     fallbacks = [m for name, m in quantized.unet.named_modules() if isinstance(m, CachedTemporalFeature)
                  and m.fallback is not None]
     assert fallbacks  # the TIB path stays inside the cache modules for routed / missing timesteps
-    units = quantized.sections["reconstruction"]["units"]
+    units = quantized.result.reconstruction.units
     assert not any(".fallback." in layer for entry in units.values() for layer in entry["layers"])
     if config.method.select.per_timestep:  # a mix: some (feature, t) cached, the others routed to the TIB
-        choice = quantized.sections["selection"]["choice"]
+        choice = quantized.result.maintenance.selection.choice
         options = {option for per_t in choice.values() for option in per_t.values()}
         assert options == {"cache", "tib"}
