@@ -10,6 +10,8 @@ import copy
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from tfmq_exp.config.schema import (
@@ -23,7 +25,13 @@ from tfmq_exp.config.schema import (
     QuantConfig,
     RuntimeConfig,
     SamplerConfig,
+    register_configs,
 )
+from tfmq_exp.config.validate import to_config
+from tfmq_exp.models.loading import load_unet
+from tfmq_exp.ptq import QuantizedModel, quantize_for_method
+from tfmq_exp.store import ArtifactStore
+from tfmq_exp.timing import StageTimer
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.tiny import build_tiny_unet
 from tfmq_exp.quant import QuantLinear, TimestepContext, attach_timestep_context, enable_per_timestep, quantize_
@@ -88,6 +96,29 @@ def small_config(
         runtime=RuntimeConfig(progress=False, **runtime),
         seed=seed,
     )
+
+
+# A PTQ run of the digits model in seconds: 4 steps, few samples, 3 iterations per unit, no artifact.
+TINY_PTQ = ["quant=w4a8", "sampler.num_steps=4", "calib.num_samples=8", "calib.recon_samples=16",
+            "calib.uniform_every=2", "method.recon.iters=3", "method.recon.batch_size=8", "method.act_recon.iters=3",
+            "eval.batch_size=8", "runtime.progress=false", "logger=none", "save_artifact=false"]
+
+
+def composed_config(conf_dir: Path, cache: Path, *overrides: str) -> Config:
+    """The config Hydra composes from the package's tree with :data:`TINY_PTQ`, the cache and ``overrides``."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*TINY_PTQ, f"runtime.cache_dir={cache}", *overrides])
+    GlobalHydra.instance().clear()
+    return to_config(cfg)
+
+
+def quantize_digits(config: Config, run_dir: Path) -> tuple[nn.Module, QuantizedModel]:
+    """The full-precision UNet of ``config.model`` and the model ``quantize_for_method`` builds from it."""
+    unet_fp = load_unet(config.model)
+    store = ArtifactStore(config.runtime.cache_dir)
+    return unet_fp, quantize_for_method(unet_fp, config, store, StageTimer(), run_dir)
 
 
 def quantized_copy(unet_fp: nn.Module, quant: QuantConfig, model: ModelConfig, method: MethodConfig) -> nn.Module:

@@ -2,68 +2,41 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from tfmq_exp.config.schema import Config, register_configs
-from tfmq_exp.config.validate import to_config
-from tfmq_exp.models.loading import load_unet
-from tfmq_exp.ptq import quantize_for_method
+from tests.helpers import composed_config, quantize_digits
 from tfmq_exp.quant import iter_act_quantizers, iter_attn_processors
 from tfmq_exp.recon.runner import reconstruction_settings
-from tfmq_exp.store import ArtifactStore, content_key
+from tfmq_exp.store import content_key
 from tfmq_exp.temporal.feature_cache import CachedTemporalFeature
-from tfmq_exp.timing import StageTimer
-
-TINY = ["quant=w4a8", "sampler.num_steps=4", "calib.num_samples=8", "calib.recon_samples=16", "calib.uniform_every=2",
-        "method.recon.iters=3", "method.recon.batch_size=8", "method.act_recon.iters=3", "eval.batch_size=8",
-        "runtime.progress=false", "logger=none", "save_artifact=false"]
-
-
-def _config(conf_dir: Path, cache: Path, *overrides: str) -> Config:
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY, f"runtime.cache_dir={cache}", *overrides])
-    GlobalHydra.instance().clear()
-    return to_config(cfg)
-
-
-def _quantize(config: Config, tmp_path: Path):
-    unet_fp = load_unet(config.model)
-    store = ArtifactStore(config.runtime.cache_dir)
-    return unet_fp, quantize_for_method(unet_fp, config, store, StageTimer(), tmp_path)
 
 
 def test_tfmq_released_has_per_timestep_parameters_on_every_activation_quantizer(conf_dir, tmp_path) -> None:
-    config = _config(conf_dir, tmp_path / "cache", "method=tfmq_released")
-    _, quantized = _quantize(config, tmp_path)
+    config = composed_config(conf_dir, tmp_path / "cache", "method=tfmq_released")
+    _, quantized = quantize_digits(config, tmp_path)
     quantizers = [q for _, q in iter_act_quantizers(quantized.unet) if not q.is_identity]
     assert quantizers and all(q.per_timestep for q in quantizers)
     timestep_sets = {tuple(q.calibrated_timesteps()) for q in quantizers}
     assert len(timestep_sets) == 1 and len(timestep_sets.pop()) == config.sampler.num_steps  # the sampler's set
     assert next(iter_attn_processors(quantized.unet), None) is None  # attention matmuls as released: not quantized
-    paper = _quantize(_config(conf_dir, tmp_path / "cache", "method=tfmq"), tmp_path / "paper")[1]
+    paper = quantize_digits(composed_config(conf_dir, tmp_path / "cache", "method=tfmq"), tmp_path / "paper")[1]
     per_timestep = [q.per_timestep for _, q in iter_act_quantizers(paper.unet) if not q.is_identity]
     assert any(per_timestep) and not all(per_timestep)  # the paper's text: the temporal features only
 
 
 def test_qdiffusion_runs_its_activation_pass_with_softmax_at_its_own_bits(conf_dir, tmp_path) -> None:
-    config = _config(conf_dir, tmp_path / "cache", "method=qdiffusion", "quant=w8a4")
-    _, quantized = _quantize(config, tmp_path)
-    units = quantized.sections["act_reconstruction"]["units"]
+    config = composed_config(conf_dir, tmp_path / "cache", "method=qdiffusion", "quant=w8a4")
+    _, quantized = quantize_digits(config, tmp_path)
+    units = quantized.result.act_reconstruction.units
     assert units and all(entry["iters"] == 3 and "loss_final" in entry for entry in units.values())
     processors = [processor for _, processor in iter_attn_processors(quantized.unet)]
     assert processors and all(p.softmax_quantizer.bits == 8 and p.query_quantizer.bits == 4 for p in processors)
 
 
 def test_the_cache_is_in_place_before_block_reconstruction(conf_dir, tmp_path) -> None:
-    config = _config(conf_dir, tmp_path / "cache", "method=tfmq_cache")
-    unet_fp, quantized = _quantize(config, tmp_path)
-    units = quantized.sections["reconstruction"]["units"]
+    config = composed_config(conf_dir, tmp_path / "cache", "method=tfmq_cache")
+    unet_fp, quantized = quantize_digits(config, tmp_path)
+    units = quantized.result.reconstruction.units
     layers = [layer for entry in units.values() for layer in entry["layers"]]
     # Blocks were reconstructed with the cache standing in for their projections: no projection was a unit layer,
     # and no TIB unit ran (cached features need no TIAR).
@@ -71,13 +44,14 @@ def test_the_cache_is_in_place_before_block_reconstruction(conf_dir, tmp_path) -
     assert "tib" not in units
     projections = [m for name, m in quantized.unet.named_modules() if name.endswith("time_emb_proj")]
     assert projections and all(isinstance(m, CachedTemporalFeature) for m in projections)
-    assert "maintenance_s" not in quantized.sections  # the section holds results, the timer holds times
-    assert quantized.sections["cache"]["modules"] == len(projections)
+    assert "maintenance_s" not in quantized.result.to_dict()  # the result holds results, the timer holds times
+    assert quantized.result.maintenance.cache.modules == len(projections)
+    assert quantized.result.model_size.cache_bytes == quantized.result.maintenance.cache.cache_bytes > 0
 
 
 def test_the_reconstruction_key_follows_maintenance(conf_dir, tmp_path) -> None:
     def key(method: str, phase: str, *overrides: str) -> str:
-        return content_key(reconstruction_settings(_config(conf_dir, tmp_path, f"method={method}", *overrides), phase))
+        return content_key(reconstruction_settings(composed_config(conf_dir, tmp_path, f"method={method}", *overrides), phase))
 
     assert key("tfmq", "blocks") != key("tfmq_cache", "blocks") != key("tfmq_select", "blocks")
     assert key("tfmq", "tiar") == key("tfmq_select", "tiar")  # TIAR comes before any maintenance
@@ -93,7 +67,7 @@ def test_the_reconstruction_key_is_derived_from_field_metadata(conf_dir, tmp_pat
     from tfmq_exp.config.schema import RECON_ROLE, MethodConfig, QuantConfig
 
     def key(*overrides: str) -> str:
-        return content_key(reconstruction_settings(_config(conf_dir, tmp_path, "method=qdiffusion", *overrides), "blocks"))
+        return content_key(reconstruction_settings(composed_config(conf_dir, tmp_path, "method=qdiffusion", *overrides), "blocks"))
 
     never = {f.name for cls in (MethodConfig, QuantConfig) for f in fields(cls) if f.metadata.get(RECON_ROLE) == "never"}
     assert {"act_recon", "attention_matmuls", "a_bits", "softmax_bits"} <= never
@@ -108,16 +82,16 @@ def test_the_reconstruction_key_is_derived_from_field_metadata(conf_dir, tmp_pat
 
 @pytest.mark.parametrize("method", ["tfmq_select"])
 def test_selection_runs_after_tiar_and_before_the_blocks(conf_dir, tmp_path, method: str) -> None:
-    config = _config(conf_dir, tmp_path / "cache", f"method={method}")
-    _, quantized = _quantize(config, tmp_path)
-    selection = quantized.sections["selection"]
-    assert selection["score"] == "feature_rel_mse"  # temporal-feature error by default
-    units = quantized.sections["reconstruction"]["units"]
-    cached = {feature for feature, option in selection["choice"].items() if option == "cache"}
+    config = composed_config(conf_dir, tmp_path / "cache", f"method={method}")
+    _, quantized = quantize_digits(config, tmp_path)
+    selection = quantized.result.maintenance.selection
+    assert selection.score == "feature_rel_mse"  # temporal-feature error by default
+    units = quantized.result.reconstruction.units
+    cached = {feature for feature, option in selection.choice.items() if option == "cache"}
     layers = {layer for entry in units.values() for layer in entry["layers"]}
     assert "tib" in units and list(units)[0] == "tib"
     assert not any(layer.endswith("time_emb_proj") for layer in layers - set(units["tib"]["layers"]))
-    assert len(cached) == quantized.sections["cache"]["modules"]
+    assert len(cached) == quantized.result.maintenance.cache.modules
 
 
 @pytest.mark.parametrize(
@@ -127,14 +101,14 @@ def test_selection_runs_after_tiar_and_before_the_blocks(conf_dir, tmp_path, met
     ids=["select-per-timestep", "cache-fallback"],
 )
 def test_caches_that_keep_the_tib_as_fallback_reconstruct_and_calibrate(conf_dir, tmp_path, overrides) -> None:
-    config = _config(conf_dir, tmp_path / "cache", *overrides)
-    _, quantized = _quantize(config, tmp_path)
+    config = composed_config(conf_dir, tmp_path / "cache", *overrides)
+    _, quantized = quantize_digits(config, tmp_path)
     fallbacks = [m for name, m in quantized.unet.named_modules() if isinstance(m, CachedTemporalFeature)
                  and m.fallback is not None]
     assert fallbacks  # the TIB path stays inside the cache modules for routed / missing timesteps
-    units = quantized.sections["reconstruction"]["units"]
+    units = quantized.result.reconstruction.units
     assert not any(".fallback." in layer for entry in units.values() for layer in entry["layers"])
     if config.method.select.per_timestep:  # a mix: some (feature, t) cached, the others routed to the TIB
-        choice = quantized.sections["selection"]["choice"]
+        choice = quantized.result.maintenance.selection.choice
         options = {option for per_t in choice.values() for option in per_t.values()}
         assert options == {"cache", "tib"}

@@ -119,12 +119,13 @@ def _run_stages(config: Config, run_dir: Path, timer: StageTimer, summary: dict[
         calib_parts = generation_parts(loaded, config, "calib")
         calib_conditions = conditioning_payload(loaded, config, "calib") if config.model.family != "pixel" else None
         quantized = quantize_for_method(unet_fp, config, store, timer, run_dir, calib_parts, calib_conditions)
-        summary.update(quantized.sections)
-        log_quantization(summary, tracking)
+        summary.update(quantized.result.to_dict())
+        log_quantization(quantized.result, tracking)
         with timer("sampling_and_metrics"):
             result = evaluate(quantized.unet, config, real, eval_parts)
         with timer("diagnostics"):
-            cache_bits = summary.get("cache", {}).get("bits")
+            cache = quantized.result.maintenance.cache
+            cache_bits = cache.bits if cache is not None else None
             summary.update(diagnose(quantized.unet, unet_fp, config, reference, result, cache_bits))
         log_temporal(summary, run_dir, tracking)
     summary["metrics"] = _metrics_with_reference(result, reference)

@@ -35,23 +35,33 @@ from tfmq_exp.quant import (
     save_artifact,
 )
 from tfmq_exp.recon.runner import capture_budget, reconstruction_settings
+from tfmq_exp.stage_results import (
+    ActReconstructionReport,
+    CalibrationReport,
+    MaintenanceReport,
+    ModelSize,
+    QuantizationResult,
+    QuantizedLayers,
+    ReconstructionReport,
+)
 from tfmq_exp.store import ENTRY_VERSIONS, ArtifactStore
 from tfmq_exp.timing import StageTimer
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "artifact"
+SECTIONS_KEY = "sections"  # the artifact's ``extra`` entry holding :meth:`QuantizationResult.to_dict`
 
 
 @dataclass
 class QuantizedModel:
     """A quantized denoiser ready for sampling, and what its construction reported."""
 
-    unet: nn.Module
-    context: TimestepContext
-    sections: dict[str, Any] = field(default_factory=dict)
+    unet: nn.Module  # the quantized denoiser
+    context: TimestepContext  # the timestep context attached to it
+    result: QuantizationResult = field(default_factory=QuantizationResult)  # each stage's report
 
 
-def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> dict[str, Any]:
+def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> ModelSize:
     """Storage in bits: quantized weights at their bit-width, other parameters at 32 bits, plus any cache.
 
     Parameters that cache-based maintenance removed are no longer in ``unet_q`` and cost nothing. The weight of a
@@ -64,8 +74,8 @@ def model_size(unet_q: nn.Module, unet_fp: nn.Module, cache_bytes: int = 0) -> d
     total = sum(weight_bits.get(id(p), 32 * p.numel()) for p in unet_q.parameters()) + 8 * cache_bytes
     fp_bits = 32 * sum(p.numel() for p in unet_fp.parameters())
     quantized = sum(p.numel() for p in unet_q.parameters() if id(p) in weight_bits)
-    return {"bits": total, "fp_bits": fp_bits, "ratio": total / fp_bits, "quantized_parameters": quantized,
-            "cache_bytes": cache_bytes}
+    return ModelSize(bits=total, fp_bits=fp_bits, ratio=total / fp_bits, quantized_parameters=quantized,
+                     cache_bytes=cache_bytes)
 
 
 def _reconstruction_dir(
@@ -89,17 +99,6 @@ def _act_pass_dir(config: Config, store: ArtifactStore, fingerprint: str, condit
     if conditions:
         payload["conditions"] = conditions
     return store.root / "act_reconstruction" / store.key("act_reconstruction", payload)
-
-
-def _merge_reports(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """One ``reconstruction`` section from the TIAR and the block phase."""
-    return {
-        **first,
-        "units": {**first["units"], **second["units"]},
-        "resumed_units": first["resumed_units"] + second["resumed_units"],
-        "seconds": first["seconds"] + second["seconds"],
-        "converged": all(unit.get("converged", True) for unit in [*first["units"].values(), *second["units"].values()]),
-    }
 
 
 def quantize_for_method(
@@ -130,10 +129,9 @@ def quantize_for_method(
     tib = adapter.tib()
     method = config.method
     fingerprint = weights_fingerprint(unet_fp)
-    sections: dict[str, Any] = {}
     with timer("capture"):
         data, hit = load_or_capture(unet_fp, config, store, calib_parts, calib_conditions)
-    sections["calibration"] = {"cache_hit": hit, "steps": len(data.timesteps), "samples": int(data.x.shape[1])}
+    calibration = CalibrationReport(cache_hit=hit, steps=len(data.timesteps), samples=int(data.x.shape[1]))
     with timer("quantize"):
         unet_q = copy.deepcopy(unet_fp)
         split_points = adapter.shortcut_split_points() if method.split_shortcut else None
@@ -143,13 +141,13 @@ def quantize_for_method(
         )
         context = TimestepContext()
         attach_timestep_context(unet_q, context)
-    sections["quantization"] = {"layers": len(quant_map.layers)}
     budget = capture_budget(config)  # one budget for every unit's captured data; its peaks go to the summary
     timesteps = sampling_timesteps(config.sampler, config.model)
+    maintenance = MaintenanceReport()
 
-    def maintain() -> None:
+    def maintain() -> MaintenanceReport:
         with timer("maintenance"):
-            sections.update(apply_maintenance(unet_q, unet_fp, config, context, timesteps, data.conditioning))
+            return apply_maintenance(unet_q, unet_fp, config, context, timesteps, data.conditioning)
 
     def reconstruct_phase(phase: str) -> dict[str, Any]:
         directory = _reconstruction_dir(config, store, fingerprint, phase, calib_conditions)
@@ -158,11 +156,11 @@ def quantize_for_method(
                                budget)
 
     if method.quantize and method.maintenance == "cache":
-        maintain()  # before everything: the blocks are reconstructed against the cached features
+        maintenance = maintain()  # before everything: the blocks are reconstructed against the cached features
     tiar_report = reconstruct_phase("tiar")
     if method.quantize and method.maintenance == "select":
-        maintain()  # after TIAR (the TIB option it compares), before the blocks
-    sections["reconstruction"] = _merge_reports(tiar_report, reconstruct_phase("blocks"))
+        maintenance = maintain()  # after TIAR (the TIB option it compares), before the blocks
+    reconstruction = ReconstructionReport.from_phases(tiar_report, reconstruct_phase("blocks"))
     with timer("act_calibration"):
         fallbacks = [module.fallback for _, module in iter_cache_modules(unet_q) if module.fallback is not None]
         calibrate_activations(
@@ -170,19 +168,23 @@ def quantize_for_method(
             device=config.runtime.device, progress=config.runtime.progress, fsc_range=method.fsc_range,
             lenient=fallbacks,
         )
+    act_reconstruction = None
     if method.act_recon.enabled:
         directory = _act_pass_dir(config, store, fingerprint, calib_conditions)
         with timer("act_reconstruction"), store.locked(directory):
-            sections["act_reconstruction"] = reconstruct_activations(
+            act_reconstruction = ActReconstructionReport.from_dict(reconstruct_activations(
                 unet_q, unet_fp, config, data, directory, context=context, progress=config.runtime.progress,
                 budget=budget,
-            )
-    sections["captured_memory"] = budget.report()
-    sections["model_size"] = model_size(unet_q, unet_fp, sections.get("cache", {}).get("cache_bytes", 0))
+            ))  # fmt: skip
+    result = QuantizationResult(
+        calibration=calibration, quantization=QuantizedLayers(layers=len(quant_map.layers)), maintenance=maintenance,
+        reconstruction=reconstruction, act_reconstruction=act_reconstruction,
+        model_size=model_size(unet_q, unet_fp, maintenance.cache_bytes), captured_memory=budget.report(),
+    )  # fmt: skip
     if config.save_artifact:
-        save_artifact(run_dir / ARTIFACT_DIR, unet_q, config, extra={"sections": sections})
-        sections["artifact"] = str(run_dir / ARTIFACT_DIR)
-    return QuantizedModel(unet=unet_q, context=context, sections=sections)
+        save_artifact(run_dir / ARTIFACT_DIR, unet_q, config, extra={SECTIONS_KEY: result.to_dict()})
+        result = result.with_artifact(str(run_dir / ARTIFACT_DIR))
+    return QuantizedModel(unet=unet_q, context=context, result=result)
 
 
 def check_artifact_path(config: Config) -> None:
@@ -207,9 +209,8 @@ def load_quantized(unet_fp: nn.Module, config: Config, timer: StageTimer) -> Qua
                 f"artifact {config.artifact} does not fit this run: {' '.join(str(error).split())}"
             ) from error
         attach_timestep_context(unet_q, context)
-    sections = dict(loaded.extra.get("sections", {}))
-    sections["artifact"] = str(config.artifact)
-    return QuantizedModel(unet=unet_q, context=context, sections=sections)
+    result = QuantizationResult.from_dict(loaded.extra.get(SECTIONS_KEY, {}))
+    return QuantizedModel(unet=unet_q, context=context, result=result.with_artifact(str(config.artifact)))
 
 
 @torch.no_grad()

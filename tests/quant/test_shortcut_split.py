@@ -186,7 +186,7 @@ def test_reconstruction_freezes_both_halves_and_the_artifact_rebuilds_them(digit
     size = model_size(unet_q, unet)
     plain = copy.deepcopy(unet)
     quantize_(plain, config.quant, config.model, config.method)
-    assert size["bits"] == model_size(plain, unet)["bits"] and size["quantized_parameters"] > 0
+    assert size.bits == model_size(plain, unet).bits and size.quantized_parameters > 0
 
     # The artifact rebuilds the split layers (both weight quantizers frozen) on a fresh float UNet.
     sample, timestep = torch.randn(2, 1, 8, 8), torch.tensor([500, 500])

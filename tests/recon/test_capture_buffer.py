@@ -45,7 +45,7 @@ def test_the_budget_holds_until_full_then_spills_and_reports_its_peaks(tmp_path:
     first = budget.allocate(10, (20,), torch.float32)  # 800 bytes: held
     second = budget.allocate(10, (20,), torch.float32)  # would be 1 600: spilled
     assert not first.spilled and second.spilled and second.path is not None and second.path.exists()
-    assert budget.report() == {"budget_bytes": 1000, "peak_held_bytes": 800, "peak_spilled_bytes": 800}
+    assert budget.report().to_dict() == {"budget_bytes": 1000, "peak_held_bytes": 800, "peak_spilled_bytes": 800}
     spill_dir = second.path.parent
     budget.release()
     assert not spill_dir.exists() and budget.held_bytes == 0
@@ -61,7 +61,7 @@ def test_captured_inputs_spill_and_replay_the_unit(digits, tmp_path: Path) -> No
     inputs = capture_inputs(unet, module, samples, batch_size=4, budget=budget)
     output = capture_output(unet, module, samples, batch_size=4, budget=budget)
     assert all(isinstance(value, CaptureBuffer) and value.spilled for value in inputs.tensors.values())
-    assert isinstance(output, CaptureBuffer) and budget.report()["peak_held_bytes"] == 0
+    assert isinstance(output, CaptureBuffer) and budget.report().peak_held_bytes == 0
     held = capture_inputs(unet, module, samples, batch_size=4)
     assert all(torch.equal(inputs.tensors[key][range(10)], held.tensors[key]) for key in held.tensors)
     with torch.no_grad():

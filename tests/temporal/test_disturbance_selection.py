@@ -45,8 +45,10 @@ def test_choice_is_the_smaller_score_and_the_budget_is_greedy_per_byte() -> None
     assert limited.cached == {"a": [1, 0], "b": [], "c": []} and limited.cache_bytes <= budget
     per_step = choose(disturbance, SelectConfig(metric="block_output_mse", per_timestep=True), bits=8)
     assert per_step.cached == {"a": [1, 0], "b": [], "c": [1]}
-    summary = per_step.to_summary()
-    assert summary["choice"]["c"] == {"1": "cache", "0": "tib"} and summary["score"] == "block_output_rel_mse"
+    report = per_step.report()
+    assert report.choice["c"] == {"1": "cache", "0": "tib"} and report.score == "block_output_rel_mse"
+    assert set(report.errors_per_timestep) == {"a", "b", "c"}  # written for a per-timestep choice only
+    assert choose(disturbance, SelectConfig(metric="feature_mse"), bits=8).report().errors_per_timestep is None
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +82,18 @@ def test_measured_errors_are_consistent(twin_w4, disturbance: Disturbance) -> No
 def test_selection_picks_the_per_feature_minimum(twin_w4, disturbance: Disturbance, metric: str) -> None:
     unet_fp, unet_q, context = twin_w4
     selection = choose(disturbance, SelectConfig(metric=metric), bits=4)
-    summary = selection.to_summary()
+    report = selection.report()
     key = SCORE_KEY[metric]
-    for name, errors in summary["errors"].items():
+    for name, errors in report.errors.items():
         better = "cache" if errors["cache"][key] < errors["tib"][key] else "tib"
-        assert summary["choice"][name] == better
-    assert set(summary["choice"].values()) == {"cache", "tib"}  # a real mix of options
+        assert report.choice[name] == better
+    assert set(report.choice.values()) == {"cache", "tib"}  # a real mix of options
     unet_q = copy.deepcopy(unet_q)
     install_cache(unet_q, unet_fp, context, sampler_timesteps(), bits=4, cached=selection.cached_timesteps())
-    for name, choice in summary["choice"].items():
+    for name, choice in report.choice.items():
         module = unet_q.get_submodule(f"{name}.time_emb_proj")
         assert isinstance(module, CachedTemporalFeature if choice == "cache" else QuantLinear)
-    tib_still_needed = "tib" in summary["choice"].values()
+    tib_still_needed = "tib" in report.choice.values()
     assert isinstance(unet_q.time_embedding, TimeEmbeddingPlaceholder) is not tib_still_needed
 
 
@@ -107,7 +109,7 @@ def test_half_budget_is_respected(twin_w4, per_timestep: bool) -> None:
     unet_q = copy.deepcopy(unet_q)
     summary = install_cache(unet_q, unet_fp, context, timesteps, bits=8, cached=selection.cached_timesteps())
     installed = sum(m.cache_bytes() for _, m in iter_cache_modules(unet_q) if isinstance(m, CachedTemporalFeature))
-    assert summary["cache_bytes"] == installed == selection.cache_bytes
+    assert summary.cache_bytes == installed == selection.cache_bytes
 
 
 def test_per_timestep_choice_is_what_the_blocks_read(twin_w4, disturbance: Disturbance) -> None:

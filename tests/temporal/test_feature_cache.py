@@ -91,8 +91,8 @@ def test_cache_lookup_equals_quantized_fp_feature(twin) -> None:
         assert isinstance(unet_q.get_submodule(f"{name}.time_emb_proj"), CachedTemporalFeature)
     assert isinstance(unet_q.time_embedding, TimeEmbeddingPlaceholder) and unet_q.time_embedding.fallback is None
     channels = sum(fp[name].shape[1] for name in fp.names)
-    assert summary["cache_bytes"] == len(timesteps) * (channels + len(fp.names) * 8)  # 8-bit codes + (s, z) per row
-    assert summary["removed_parameters"] == summary["tib_parameters"] > 0
+    assert summary.cache_bytes == len(timesteps) * (channels + len(fp.names) * 8)  # 8-bit codes + (s, z) per row
+    assert summary.removed_parameters == summary.tib_parameters > 0
 
 
 def ddim_loop(unet: nn.Module, steps: int = NUM_STEPS, seed: int = 0) -> torch.Tensor:

@@ -25,6 +25,7 @@ from tfmq_exp.quant import (
     range_to_qparams,
     save_artifact,
 )
+from tfmq_exp.stage_results import MaintenanceReport, TimeEmbeddingSelection
 from tfmq_exp.temporal.feature_cache import CachedTemporalFeature
 from tfmq_exp.temporal.maintenance import apply_maintenance, cache_bits_for, install_cache, iter_cache_modules
 
@@ -48,9 +49,10 @@ def test_cache_bits_follow_the_config() -> None:
 def test_apply_maintenance_cache_summary() -> None:
     unet_fp, unet_q, context = quantized_twin()
     timesteps = sampler_timesteps()
-    sections = apply_maintenance(unet_q, unet_fp, make_config(cache_bits=4), context, timesteps)
-    assert set(sections) == {"cache"}
-    cache = json.loads(json.dumps(sections["cache"]))  # JSON-serialisable
+    report = apply_maintenance(unet_q, unet_fp, make_config(cache_bits=4), context, timesteps)
+    assert report.selection is None and report.cache is not None
+    assert set(json.loads(json.dumps(report.to_dict()))) == {"cache"}  # JSON-serialisable
+    cache = report.to_dict()["cache"]
     tib = get_adapter(unet_fp).tib()
     linears = [unet_fp.get_submodule(name) for name in tib.layer_names()]
     macs = sum(linear.in_features * linear.out_features for linear in linears)
@@ -62,7 +64,7 @@ def test_apply_maintenance_cache_summary() -> None:
     assert cache["bits"] == 4 and cache["tib_skipped_timesteps"] == len(timesteps)
     with pytest.raises(ValueError, match="maintenance was applied before"):
         apply_maintenance(unet_q, unet_fp, make_config(), context, timesteps)
-    assert apply_maintenance(unet_q, unet_fp, make_config("tib"), context, timesteps) == {}
+    assert apply_maintenance(unet_q, unet_fp, make_config("tib"), context, timesteps).to_dict() == {}
 
 
 def _received_embeddings(unet: nn.Module, inputs: tuple) -> dict[str, torch.Tensor]:
@@ -88,7 +90,8 @@ def test_conditioned_embedding_caches_the_t_only_part(form: str) -> None:
     embedding_modules = {name: m for name, m in tib_modules(unet_q).items() if name.startswith("time_embedding")}
     projections = [unet_q.get_submodule(feature.proj_name) for feature in adapter.tib().features]
     summary = install_cache(unet_q, unet_fp, context, timesteps, bits=8)
-    assert summary["scope"] == "time_embedding" and summary["conditioning_modules"]
+    assert summary.scope == "time_embedding" and summary.conditioning_modules
+    assert summary.features is None and "features" not in summary.to_dict()  # the per-feature accounting only
     assert isinstance(unet_q.time_embedding, CachedTemporalFeature)
     assert all(unet_q.get_submodule(f.proj_name) is p for f, p in zip(adapter.tib().features, projections))
     calls: list[str] = []
@@ -118,15 +121,16 @@ def test_selection_with_conditioned_features_is_one_measured_choice_for_the_time
     conditioning = flatten(kwargs)
     with pytest.raises(UserError, match="calibration data has none"):
         apply_maintenance(unet_q, unet_fp, make_config("select"), context, timesteps)
-    sections = apply_maintenance(unet_q, unet_fp, make_config("select"), context, timesteps, conditioning)
-    selection = sections["selection"]
-    assert selection["scope"] == "time_embedding" and selection["choice"] in ("tib", "cache")
-    errors = selection["errors"]
+    report = apply_maintenance(unet_q, unet_fp, make_config("select"), context, timesteps, conditioning)
+    selection = report.selection
+    assert isinstance(selection, TimeEmbeddingSelection) and selection.choice in ("tib", "cache")
+    assert report.to_dict()["selection"]["scope"] == "time_embedding"
+    errors = selection.errors
     assert errors["tib"]["rel_mse"] > 0 and errors["cache"]["rel_mse"] > 0  # both measured, neither exact
     chose_cache = errors["cache"]["rel_mse"] < errors["tib"]["rel_mse"]
-    assert (selection["choice"] == "cache") == chose_cache
+    assert (selection.choice == "cache") == chose_cache
     assert isinstance(unet_q.time_embedding, CachedTemporalFeature) == chose_cache
-    assert ("cache" in sections) == chose_cache
+    assert (report.cache is not None) == chose_cache
 
 
 class _Constant(nn.Module):
@@ -158,11 +162,12 @@ def test_artifact_round_trip(tmp_path, method: dict) -> None:
     timesteps = sampler_timesteps()
     unet_fp, unet_q, context = quantized_twin(w_bits=4)
     config = make_config(**method)
-    sections = apply_maintenance(unet_q, unet_fp, config, context, timesteps)
-    save_artifact(tmp_path / "artifact", unet_q, config, extra={"sections": sections})
+    report = apply_maintenance(unet_q, unet_fp, config, context, timesteps)
+    save_artifact(tmp_path / "artifact", unet_q, config, extra={"sections": report.to_dict()})
     loaded_context = TimestepContext()
     unet_loaded = copy.deepcopy(unet_fp)
-    load_artifact(tmp_path / "artifact", unet_loaded, config, context=loaded_context)
+    loaded = load_artifact(tmp_path / "artifact", unet_loaded, config, context=loaded_context)
+    assert MaintenanceReport.from_dict(loaded.extra["sections"]) == report  # the report reads back as written
     attach_timestep_context(unet_loaded, loaded_context)
     names = [name for name, _ in iter_cache_modules(unet_q)]
     assert names and names == [name for name, _ in iter_cache_modules(unet_loaded)]

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from tfmq_exp.stage_results import (
+    ActReconstructionReport,
+    FeatureSelection,
+    MaintenanceReport,
+    QuantizationResult,
+    ReconstructionReport,
+)
 from tfmq_exp.tracking.quantization_log import log_quantization
 from tfmq_exp.tracking.wandb_run import TrackingRun
 
@@ -34,16 +41,22 @@ def _unit(undecided: float, soft: float, hard: float) -> dict[str, Any]:
 
 
 def test_units_and_selection_are_logged() -> None:
-    summary = {
-        "reconstruction": {"units": {"a": _unit(0.0, 1.0, 1.1), "b": _unit(0.2, 1.0, 1.5)}},
-        "act_reconstruction": {"units": {"a": {"kind": "resnet-act", "iters": 5, "loss_init": 1.0, "loss_final": 0.5,
-                                               "plateau_ratio": 1.0, "resumed": False}}},
-        "selection": {"score": "feature_rel_mse", "choice": {"f0": "cache", "f1": "tib"},
-                      "errors": {f: {o: {"feature_rel_mse": e} for o, e in (("tib", 0.2), ("cache", 0.1))}
-                                 for f in ("f0", "f1")}},
-    }
+    units = {"a": _unit(0.0, 1.0, 1.1), "b": _unit(0.2, 1.0, 1.5)}
+    act_units = {"a": {"kind": "resnet-act", "iters": 5, "loss_init": 1.0, "loss_final": 0.5, "plateau_ratio": 1.0,
+                       "resumed": False}}
+    selection = FeatureSelection(
+        metric="feature_mse", score="feature_rel_mse", per_timestep=False, choice={"f0": "cache", "f1": "tib"},
+        errors={f: {o: {"feature_rel_mse": e} for o, e in (("tib", 0.2), ("cache", 0.1))} for f in ("f0", "f1")},
+        cache_bytes=10, full_cache_bytes=20, budget_bytes=None, probe_timestep=1, timesteps=[1, 0],
+    )  # fmt: skip
+    result = QuantizationResult(
+        reconstruction=ReconstructionReport(tiar=False, recon=True, units=units, resumed_units=[], seconds=1.0,
+                                            converged=False),
+        act_reconstruction=ActReconstructionReport(enabled=True, units=act_units, resumed_units=[], seconds=1.0),
+        maintenance=MaintenanceReport(selection=selection),
+    )  # fmt: skip
     run = RecordingRun()
-    log_quantization(summary, run)
+    log_quantization(result, run)
     columns, rows = run.tables["reconstruction/units"]
     assert columns[0] == "unit" and [row[0] for row in rows] == ["a", "b"]
     assert rows[1][columns.index("undecided_fraction")] == 0.2
@@ -57,5 +70,5 @@ def test_units_and_selection_are_logged() -> None:
 
 def test_nothing_is_logged_for_the_fp_reference() -> None:
     run = RecordingRun()
-    log_quantization({}, run)
+    log_quantization(QuantizationResult(), run)
     assert run.tables == {} and run.logged == {}

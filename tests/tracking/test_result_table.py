@@ -26,7 +26,8 @@ def _quantized_summary(run_dir: Path) -> dict:
         "metrics": {"fid": 12.5, "fid_fp": 10.25, "fid_delta": 2.25, "kid": 0.0123, "kid_fp": 0.0101,
                     "kid_delta": 0.0022},
         "temporal": {"rel_mse_mean": 0.00182, "cos_min": 0.9966, "rel_mse": [[0.1]]},
-        "model_size": {"ratio": 0.1727},
+        "model_size": {"bits": 1727, "fp_bits": 10000, "ratio": 0.1727, "quantized_parameters": 250,
+                       "cache_bytes": 0},
         "timing": {"load_s": 0.21, "reconstruction_s": 614.36, "sampling_and_metrics_s": 153.8, "total_s": 851.07},
     }
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tfmq_exp.stage_results import CapturedMemory
+
 MB = 1024 * 1024
 
 
@@ -177,7 +179,6 @@ class CaptureBudget:
             self._spill_dir.rmdir()
             self._spill_dir = None
 
-    def report(self) -> dict[str, Optional[int]]:
+    def report(self) -> CapturedMemory:
         """The peaks, for the run's summary."""
-        return {"budget_bytes": self.budget_bytes, "peak_held_bytes": self.peak_held_bytes,
-                "peak_spilled_bytes": self.peak_spilled_bytes}
+        return CapturedMemory(self.budget_bytes, self.peak_held_bytes, self.peak_spilled_bytes)

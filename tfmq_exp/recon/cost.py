@@ -99,7 +99,7 @@ def measure(samples: int, budget_mb: Optional[float], units: Sequence[str], iter
                     "capture_seconds": entry["capture_seconds"], "seconds_per_iter": entry["seconds_per_iter"],
                     "converged": entry["converged"],
                 }  # fmt: skip
-        report.update(budget=budget.report(), **peak_memory())
+        report.update(budget=budget.report().to_dict(), **peak_memory())
     return report
 
 

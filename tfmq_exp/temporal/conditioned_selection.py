@@ -13,8 +13,7 @@ weights and floating-point activations: like with like.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Sequence
+from typing import Dict, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,26 +21,13 @@ from torch import Tensor, nn
 from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.conditioning import nest
 from tfmq_exp.config.schema import SelectConfig
+from tfmq_exp.stage_results import TimeEmbeddingSelection
 from tfmq_exp.errors import UserError
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.quant.context import TimestepContext
 
 PAIRS = 256  # (t, c) pairs measured: every timestep, then random rows
 SCORES = {"feature_mse": "rel_mse", "feature_cos": "cos_distance"}
-
-
-@dataclass
-class TimeEmbeddingSelection:
-    """The choice for the whole time embedding and the errors behind it (means over features and pairs)."""
-
-    metric: str
-    choice: str
-    errors: Dict[str, Dict[str, float]]
-    pairs: int
-
-    def to_summary(self) -> Dict[str, Any]:
-        return {"scope": "time_embedding", "metric": self.metric, "choice": self.choice, "errors": self.errors,
-                "pairs": self.pairs}  # fmt: skip
 
 
 @torch.no_grad()

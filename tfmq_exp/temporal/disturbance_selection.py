@@ -29,6 +29,7 @@ from tfmq_exp.config.schema import SelectConfig
 from tfmq_exp.errors import UserError
 from tfmq_exp.models.adapters import TIBSpec, UNetAdapter, get_adapter
 from tfmq_exp.quant.context import TimestepContext
+from tfmq_exp.stage_results import FeatureSelection
 from tfmq_exp.temporal.feature_cache import dequantize_rows, quantize_rows, row_bytes
 from tfmq_exp.temporal.diagnostics import temporal_feature_errors
 from tfmq_exp.temporal.features import TemporalFeatureSet, collect_temporal_features
@@ -175,8 +176,8 @@ class Selection:
         """Feature name -> timesteps to cache (for :func:`~tfmq_exp.temporal.maintenance.install_cache`)."""
         return {name: list(timesteps) for name, timesteps in self.cached.items()}
 
-    def to_summary(self) -> dict:
-        """JSON-serialisable ``selection`` section: choice map, mean errors per option, sizes."""
+    def report(self) -> FeatureSelection:
+        """The ``selection`` section: choice map, mean errors per option, sizes."""
         timesteps = self.disturbance.timesteps
         if self.per_timestep:
             choice = {
@@ -189,24 +190,18 @@ class Selection:
             name: {option: {key: float(values[key].mean()) for key in METRIC_KEYS} for option, values in per.items()}
             for name, per in self.disturbance.errors.items()
         }
-        summary = {
-            "metric": self.metric,
-            "score": SCORE_KEY[self.metric],
-            "per_timestep": self.per_timestep,
-            "choice": choice,
-            "errors": errors,
-            "cache_bytes": self.cache_bytes,
-            "full_cache_bytes": self.full_cache_bytes,
-            "budget_bytes": self.budget_bytes,
-            "probe_timestep": self.disturbance.probe_timestep,
-            "timesteps": list(timesteps),
-        }
+        per_step = None
         if self.per_timestep:
-            summary["errors_per_timestep"] = {
+            per_step = {
                 name: {option: {key: values[key].tolist() for key in METRIC_KEYS} for option, values in per.items()}
                 for name, per in self.disturbance.errors.items()
             }
-        return summary
+        return FeatureSelection(
+            metric=self.metric, score=SCORE_KEY[self.metric], per_timestep=self.per_timestep, choice=choice,
+            errors=errors, cache_bytes=self.cache_bytes, full_cache_bytes=self.full_cache_bytes,
+            budget_bytes=self.budget_bytes, probe_timestep=self.disturbance.probe_timestep,
+            timesteps=list(timesteps), errors_per_timestep=per_step,
+        )  # fmt: skip
 
 
 def choose(disturbance: Disturbance, select: SelectConfig, bits: int) -> Selection:

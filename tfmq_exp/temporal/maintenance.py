@@ -38,6 +38,7 @@ from tfmq_exp.errors import CacheMismatchError, UserError
 from tfmq_exp.models.adapters import TIBSpec, get_adapter
 from tfmq_exp.quant.context import TimestepContext
 from tfmq_exp.quant.layout import replace_module
+from tfmq_exp.stage_results import CacheReport, MaintenanceReport
 from tfmq_exp.temporal.feature_cache import (
     PARAM_BYTES_PER_ROW,
     CachedTemporalFeature,
@@ -93,7 +94,7 @@ def install_cache(
     bits: int,
     fallback: bool = False,
     cached: Optional[Mapping[str, Sequence[int]]] = None,
-) -> Dict[str, Any]:
+) -> CacheReport:
     """Replace TIB modules of ``unet_q`` by quantized caches of full-precision features (in place).
 
     Args:
@@ -107,7 +108,7 @@ def install_cache(
             Features or timesteps left out keep the quantized TIB path.
 
     Returns:
-        The ``cache`` summary: sizes in bytes, the TIB parameters and multiply-accumulates it removes.
+        The ``cache`` report: sizes in bytes, the TIB parameters and multiply-accumulates it removes.
 
     Raises:
         UserError: ``cached`` given for a model whose features are not a function of ``t`` alone, or a time
@@ -173,20 +174,19 @@ def install_cache(
             removed_parameters += 0 if keep else _parameters(unet_fp.get_submodule(slot))
         for t in skipped:
             macs_at[t] += _linear_macs(unet_fp, tib.embedding_linear_names)
-    summary = _size_summary(unet_q, bits, timesteps, fallback, "features")
     removed_macs = sum(macs_at.values()) / len(timesteps)
-    summary.update(
+    return CacheReport(
+        **_size_summary(unet_q, bits, timesteps, fallback, "features"),
         features=per_feature, tib_skipped_timesteps=len(skipped), **_tib_cost(unet_fp, tib),
         removed_parameters=removed_parameters, removed_macs_per_step=removed_macs,
         removed_flops_per_step=2 * removed_macs,
     )  # fmt: skip
-    return summary
 
 
 def _install_time_embedding_cache(
     unet_q: nn.Module, unet_fp: nn.Module, tib: TIBSpec, context: TimestepContext, timesteps: List[int], bits: int,
     fallback: bool,
-) -> Dict[str, Any]:  # fmt: skip
+) -> CacheReport:  # fmt: skip
     """Cache ``h(t)`` in place of ``time_embedding`` when conditioning joins the embedding after it."""
     if CONDITIONED_TIME_EMBEDDING in tib.conditioning_modules:
         raise UserError(
@@ -202,17 +202,17 @@ def _install_time_embedding_cache(
         context=context,
     )  # fmt: skip
     replace_module(unet_q, tib.time_embedding, module)
-    summary = _size_summary(unet_q, bits, timesteps, fallback, "time_embedding")
     removed_macs = _linear_macs(unet_fp, tib.embedding_linear_names)
-    summary.update(
+    return CacheReport(
+        **_size_summary(unet_q, bits, timesteps, fallback, "time_embedding"),
         conditioning_modules=list(tib.conditioning_modules), **_tib_cost(unet_fp, tib),
         removed_parameters=0 if fallback else _parameters(unet_fp.get_submodule(tib.time_embedding)),
         removed_macs_per_step=removed_macs, removed_flops_per_step=2 * removed_macs,
     )  # fmt: skip
-    return summary
 
 
 def _size_summary(unet_q: nn.Module, bits: int, timesteps: List[int], fallback: bool, scope: str) -> Dict[str, Any]:
+    """The :class:`CacheReport` fields that describe the installed tables (scope, sizes, counts)."""
     tables = [module for _, module in iter_cache_modules(unet_q) if isinstance(module, CachedTemporalFeature)]
     rows = [(len(module.cached_timesteps()), module.num_channels) for module in tables]
     code_bytes = sum(count * math.ceil(channels * bits / 8) for count, channels in rows)
@@ -269,7 +269,7 @@ def apply_maintenance(
     context: TimestepContext,
     timesteps: list[int],
     conditioning: Optional[Mapping[str, torch.Tensor]] = None,
-) -> dict:
+) -> MaintenanceReport:
     """Install ``config.method.maintenance`` in the quantized UNet (in place), before block reconstruction.
 
     The maintenance that runs at inference is in place before the blocks are reconstructed and the activations
@@ -291,33 +291,33 @@ def apply_maintenance(
             temporal features on them (:mod:`tfmq_exp.temporal.conditioned_selection`).
 
     Returns:
-        JSON-serialisable sections: ``{"cache": {...}}`` for ``cache``, plus ``"selection"`` for ``select``;
-        ``{}`` for ``tib`` (nothing to do).
+        What was installed: the cache for ``cache``, plus the selection decision for ``select``; an empty
+        report for ``tib`` (nothing to do).
     """
     from tfmq_exp.calib.fsc import calibrate_tib_activations
 
     method = config.method
     bits = cache_bits_for(config)
     if method.maintenance == "tib":
-        return {}
+        return MaintenanceReport()
     if method.maintenance == "cache":
         if method.cache_fallback and get_adapter(unet_fp).tib().depends_only_on_t:
             # the TIB kept as the fallback runs off the sampler's set only: calibrate it on every t now
             calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
-        return {"cache": install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)}
+        return MaintenanceReport(cache=install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback))
     if not get_adapter(unet_fp).tib().depends_only_on_t:
         from tfmq_exp.temporal.conditioned_selection import select_time_embedding
 
         chosen = select_time_embedding(
             unet_q, unet_fp, context, timesteps, conditioning or {}, method.select, bits, config.calib.seed
         )
-        sections: dict = {"selection": chosen.to_summary()}
+        cache = None
         if chosen.choice == "cache":
-            sections["cache"] = install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)
-        return sections
+            cache = install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)
+        return MaintenanceReport(cache=cache, selection=chosen)
     calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
     selection = select_maintenance(unet_q, unet_fp, context, timesteps, method.select, bits)
     cache = install_cache(
         unet_q, unet_fp, context, timesteps, bits, method.cache_fallback, cached=selection.cached_timesteps()
     )
-    return {"cache": cache, "selection": selection.to_summary()}
+    return MaintenanceReport(cache=cache, selection=selection.report())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tfmq_exp.stage_results import QuantizationResult, TimeEmbeddingSelection
 from tfmq_exp.tracking.wandb_run import TrackingRun
 
 RECON_COLUMNS = ("kind", "iters", "loss_nearest", "loss_soft", "loss_hard", "undecided_fraction", "hard_soft_ratio",
@@ -24,9 +25,9 @@ def _rows(units: dict[str, dict[str, Any]], columns: tuple[str, ...]) -> list[li
     return [[name, *(entry.get(column) for column in columns)] for name, entry in units.items()]
 
 
-def log_quantization(summary: dict[str, Any], tracking: TrackingRun) -> None:
-    """Log the ``reconstruction``, ``act_reconstruction`` and ``selection`` sections of a run summary."""
-    units = summary.get("reconstruction", {}).get("units", {})
+def log_quantization(result: QuantizationResult, tracking: TrackingRun) -> None:
+    """Log the reconstruction, activation-pass and selection reports of a quantized model's construction."""
+    units = result.reconstruction.units if result.reconstruction is not None else {}
     if units:
         tracking.table("reconstruction/units", ["unit", *RECON_COLUMNS], _rows(units, RECON_COLUMNS))
         values = {
@@ -36,21 +37,21 @@ def log_quantization(summary: dict[str, Any], tracking: TrackingRun) -> None:
         }
         tracking.log(values)
         tracking.summary(values)
-    act_units = summary.get("act_reconstruction", {}).get("units", {})
+    act_units = result.act_reconstruction.units if result.act_reconstruction is not None else {}
     if act_units:
         tracking.table("act_reconstruction/units", ["unit", *ACT_COLUMNS], _rows(act_units, ACT_COLUMNS))
-    selection = summary.get("selection")
-    if selection and selection.get("scope") == "time_embedding":  # one choice for the whole time embedding
-        errors = selection["errors"]
+    selection = result.maintenance.selection
+    if isinstance(selection, TimeEmbeddingSelection):  # one choice for the whole time embedding
+        errors = selection.errors
         tracking.table("selection/choice", ["scope", "option", "tib_rel_mse", "cache_rel_mse"],
-                       [["time_embedding", selection["choice"], errors["tib"]["rel_mse"], errors["cache"]["rel_mse"]]])
-        tracking.summary({"selection/time_embedding_cached": selection["choice"] == "cache"})
-    elif selection:
-        errors, rows = selection["errors"], []
-        for feature, choice in selection["choice"].items():
+                       [[selection.SCOPE, selection.choice, errors["tib"]["rel_mse"], errors["cache"]["rel_mse"]]])
+        tracking.summary({"selection/time_embedding_cached": selection.choice == "cache"})
+    elif selection is not None:
+        rows = []
+        for feature, choice in selection.choice.items():
             per_t = choice if isinstance(choice, dict) else {"all": choice}
             for timestep, option in per_t.items():
-                rows.append([feature, timestep, option, errors[feature]["tib"][selection["score"]],
-                             errors[feature]["cache"][selection["score"]]])
+                rows.append([feature, timestep, option, selection.errors[feature]["tib"][selection.score],
+                             selection.errors[feature]["cache"][selection.score]])
         tracking.table("selection/choice", ["feature", "timestep", "option", "tib_error", "cache_error"], rows)
         tracking.summary({"selection/cached_features": sum(1 for row in rows if row[2] == "cache")})

@@ -1,10 +1,13 @@
 """The short plain-text table a single run prints at its end: quality against the FP reference, temporal
-error, model size, stage times and where the outputs are. Reads only ``summary.json``'s keys."""
+error, model size, stage times and where the outputs are. Reads only ``summary.json`` (its stage sections through
+:mod:`tfmq_exp.stage_results`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from tfmq_exp.stage_results import ModelSize
 
 MISSING = "-"
 _METRICS = (("FID", "fid"), ("KID", "kid"))
@@ -53,7 +56,8 @@ def format_result_table(summary: dict[str, Any]) -> str:
         values = (metrics.get(key), metrics.get(f"{key}_fp"), metrics.get(f"{key}_delta"))
         quality.append((label, _number(values[0]), _number(values[1]), _number(values[2], sign=True)))
     quality += [(label, _number(temporal.get(key))) for label, key in _TEMPORAL]
-    quality.append(("model size ratio", _number((summary.get("model_size") or {}).get("ratio"))))
+    size = summary.get("model_size")
+    quality.append(("model size ratio", _number(ModelSize.from_dict(size).ratio if size else None)))
 
     stages = [(f"  {key[:-2]}", _seconds(value)) for key, value in timing.items()
               if key.endswith("_s") and key != "total_s"]

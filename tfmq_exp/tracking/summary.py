@@ -10,6 +10,9 @@ Schema (version :data:`SUMMARY_VERSION`); sections are added by the stages that 
 - ``timing``: seconds per stage and ``total_s``;
 - ``model_size``: quantized bits vs full precision; ``temporal``: temporal-feature diagnostics (DESIGN 1.7);
   ``selection``: disturbance-aware selection; ``cache``: cache-based maintenance.
+
+The quantization stages' sections (``calibration``, ``quantization``, ``cache``, ``selection``, ``reconstruction``,
+``act_reconstruction``, ``model_size``, ``artifact``) are written by the records of :mod:`tfmq_exp.stage_results`.
 """
 
 from __future__ import annotations
