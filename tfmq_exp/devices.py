@@ -7,10 +7,13 @@ stage then receives ``cpu`` or ``cuda``. Captured data always lives on the CPU (
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
+from typing import Iterator, Sequence
 
 import torch
+from torch import nn
 
 from tfmq_exp.errors import UserError
 
@@ -36,3 +39,16 @@ def peak_memory() -> dict[str, float]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         peaks["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / (1024 * 1024)
     return peaks
+
+
+@contextlib.contextmanager
+def placed(modules: Sequence[nn.Module], device: str) -> Iterator[None]:
+    """``modules`` on ``device`` for the duration; each back on its own device afterwards."""
+    places = [(module, next(module.parameters()).device) for module in modules]
+    for module, _ in places:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module, place in places:
+            module.to(place)

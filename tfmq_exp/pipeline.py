@@ -158,7 +158,8 @@ def diagnose(
     temporal["trajectory_cos"] = cosines
     temporal["trajectory_cos_final"] = cosines[-1]
     temporal["trajectory_cos_min"] = min(cosines)
-    temporal.update(eps_rel_mse(unet_fp, unet_q, reference.trajectory, timesteps, reference.trajectory_conditioning))
+    temporal.update(eps_rel_mse(unet_fp, unet_q, reference.trajectory, timesteps, reference.trajectory_conditioning,
+                                device=config.runtime.device))
     return {"temporal": temporal}
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tfmq_exp.config.schema import Config
+from tfmq_exp.devices import placed
 from tfmq_exp.errors import CacheMismatchError
 from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.conditioning import nest
@@ -220,6 +221,7 @@ def eps_rel_mse(
     trajectory: torch.Tensor,
     timesteps: list[int],
     conditioning: dict[str, torch.Tensor] | None = None,
+    device: str = "cpu",
 ) -> dict[str, float | list[float]]:
     """Noise-free diagnostic: relative MSE of the quantized noise prediction along the FP trajectory.
 
@@ -231,15 +233,17 @@ def eps_rel_mse(
         trajectory: ``[S + 1, B, C, H, W]`` full-precision ``x_t`` (the last entry, ``x_0``, is not used).
         timesteps: the S sampling timesteps, in sampling order.
         conditioning: the UNet's conditioning of the ``B`` rows, flat (empty for unconditional models).
+        device: where both UNets run (each goes back to where it was).
     """
     errors, energies = [], []
-    kwargs = nest(conditioning or {})
-    for x_t, t in zip(trajectory[:-1], timesteps):
-        timestep = torch.tensor(t)
-        eps_fp = unet_fp(x_t, timestep, **kwargs).sample
-        eps_q = unet_q(x_t, timestep, **kwargs).sample
-        errors.append(float((eps_q - eps_fp).pow(2).sum()))
-        energies.append(float(eps_fp.pow(2).sum()))
+    kwargs = nest({name: value.to(device) for name, value in (conditioning or {}).items()})
+    with placed([unet_fp, unet_q], device):
+        for x_t, t in zip(trajectory[:-1], timesteps):
+            x_t, timestep = x_t.to(device), torch.tensor(t, device=device)
+            eps_fp = unet_fp(x_t, timestep, **kwargs).sample
+            eps_q = unet_q(x_t, timestep, **kwargs).sample
+            errors.append(float((eps_q - eps_fp).pow(2).sum()))
+            energies.append(float(eps_fp.pow(2).sum()))
     return {
         "eps_rel_mse": sum(errors) / max(sum(energies), 1e-12),
         "eps_rel_mse_per_step": [error / max(energy, 1e-12) for error, energy in zip(errors, energies)],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from tests.calib.helpers import digits_unet, make_config
@@ -22,7 +21,6 @@ def test_the_strategy_forks_on_the_cpu_and_spawns_on_cuda() -> None:
     assert sampling_strategy("cuda", 4) == "ddp_spawn"
 
 
-@pytest.mark.slow
 def test_two_processes_sample_what_one_does(tmp_path) -> None:
     config = make_config(tmp_path)
     unet = digits_unet(seed=0)

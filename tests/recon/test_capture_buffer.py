@@ -83,3 +83,24 @@ def test_a_reconstruction_whose_data_spills_matches_one_that_holds_it(digits, tm
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
     assert [u["loss_hard"] for u in reports[0]["units"].values()] == [u["loss_hard"] for u in reports[1]["units"].values()]
+
+
+def test_rows_keep_the_layout_the_unit_received(digits, tmp_path: Path) -> None:
+    # mid_block.resnets.0 receives the attention block's output, strided channels-last: reconstruction must see
+    # the same layout (a convolution on it takes another kernel path), held or spilled
+    unet, data = digits
+    samples = ReconSamples(data.x[0, :10], torch.full((10,), data.timesteps[0]))
+    module = unet.get_submodule("mid_block.resnets.0")
+    received = []
+    handle = module.register_forward_pre_hook(lambda _m, args: received.append(args[0].clone(memory_format=torch.preserve_format)))
+    with torch.no_grad():
+        unet(samples.x[:4], samples.timesteps[:4])
+    handle.remove()
+    expected = received[0].is_contiguous(memory_format=torch.channels_last) and not received[0].is_contiguous()
+    held = capture_inputs(unet, module, samples, batch_size=4)
+    budget = CaptureBudget(0, tmp_path)
+    spilled = capture_inputs(unet, module, samples, batch_size=4, budget=budget)
+    for rows in (held.tensors["arg0"][[1, 5]], spilled.tensors["arg0"][[1, 5]]):
+        assert (rows.is_contiguous(memory_format=torch.channels_last) and not rows.is_contiguous()) == expected
+    assert expected, "the digits attention block no longer hands on channels-last strides: pick another unit"
+    budget.release()

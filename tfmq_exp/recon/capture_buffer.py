@@ -35,16 +35,25 @@ class CaptureBuffer:
     Behaves like a ``[rows, *row_shape]`` tensor for what a :class:`~tfmq_exp.recon.objectives.UnitDataset` does with
     its data: ``shape``, ``len`` and indexing with a 1-D ``LongTensor`` (which returns a new tensor).
 
+    Rows keep the memory layout the unit received them in (``memory_format``): an attention block hands the next
+    block a channels-last-strided tensor, and a convolution on it takes another kernel path, whose last bits differ
+    from those of the same values laid out contiguously; the unit is reconstructed on what it really receives.
+
     Args:
         rows: the number of rows (samples).
         row_shape: the shape of one row.
         dtype: the element type.
         path: a file to spill the rows to; ``None`` holds them in memory.
+        memory_format: the layout of the rows read back (``torch.contiguous_format`` or ``torch.channels_last``).
     """
 
-    def __init__(self, rows: int, row_shape: Sequence[int], dtype: torch.dtype, path: Optional[Path] = None) -> None:
+    def __init__(
+        self, rows: int, row_shape: Sequence[int], dtype: torch.dtype, path: Optional[Path] = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:  # fmt: skip
         self.shape = torch.Size([rows, *row_shape])
         self.dtype = dtype
+        self.memory_format = memory_format
         self.row_numel = math.prod(row_shape)
         self.row_bytes = self.row_numel * torch.empty((), dtype=dtype).element_size()
         self.path = path
@@ -52,7 +61,7 @@ class CaptureBuffer:
         self._memory: Optional[Tensor] = None
         self._fd: Optional[int] = None
         if path is None:
-            self._memory = torch.empty(self.shape, dtype=dtype)
+            self._memory = torch.empty(self.shape, dtype=dtype, memory_format=memory_format)
         else:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             os.ftruncate(self._fd, rows * self.row_bytes)
@@ -69,6 +78,12 @@ class CaptureBuffer:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def relayout(self, memory_format: torch.memory_format) -> None:
+        """Read rows back in ``memory_format`` from now on (held rows are copied into it)."""
+        if memory_format != self.memory_format and self._memory is not None:
+            self._memory = self._memory.contiguous(memory_format=memory_format)
+        self.memory_format = memory_format
 
     def materialized(self) -> "Tensor | CaptureBuffer":
         """The rows as a plain tensor when they are held in memory, else this buffer."""
@@ -113,7 +128,7 @@ class CaptureBuffer:
             out[start:end] = np.frombuffer(data, dtype=np.uint8).reshape(end - start, self.row_bytes)
             start = end
         rows = torch.from_numpy(out).view(self.dtype).reshape(len(sorted_rows), *self.shape[1:])
-        result = torch.empty_like(rows)
+        result = torch.empty(rows.shape, dtype=self.dtype, memory_format=self.memory_format)
         result[order] = rows
         return result
 
@@ -125,6 +140,23 @@ class CaptureBuffer:
             self._fd = None
             if self.path is not None:
                 self.path.unlink(missing_ok=True)
+
+
+def layout_probe(tensors: Sequence[Tensor]) -> Tensor:
+    """One row laid out as ``torch.cat(tensors)`` would be (``torch.cat`` decides, on one-row copies that keep each
+    tensor's strides): folding the calls' tensors into a probe one by one keeps the layout of their concatenation
+    without holding them."""
+    rows = [tensor[:1].detach().cpu().clone(memory_format=torch.preserve_format) for tensor in tensors]
+    return torch.cat(rows)[:1].clone(memory_format=torch.preserve_format)
+
+
+def layout_of(tensors: Sequence[Tensor]) -> torch.memory_format:
+    """The layout ``torch.cat(tensors)`` would have: ``channels_last`` where every tensor suggests it, else
+    contiguous."""
+    probe = layout_probe(tensors)
+    if probe.dim() == 4 and not probe.is_contiguous() and probe.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _as_bytes(chunk: Tensor) -> bytes:
@@ -152,18 +184,21 @@ class CaptureBudget:
         self.held_bytes = self.peak_held_bytes = 0
         self.spilled_bytes = self.peak_spilled_bytes = 0
 
-    def allocate(self, rows: int, row_shape: Sequence[int], dtype: torch.dtype) -> CaptureBuffer:
+    def allocate(
+        self, rows: int, row_shape: Sequence[int], dtype: torch.dtype,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> CaptureBuffer:  # fmt: skip
         """A buffer for ``rows`` rows: in memory while the held bytes stay within the budget, else in a file."""
         size = rows * math.prod(row_shape) * torch.empty((), dtype=dtype).element_size()
         if self.budget_bytes is None or self.held_bytes + size <= self.budget_bytes:
-            buffer = CaptureBuffer(rows, row_shape, dtype)
+            buffer = CaptureBuffer(rows, row_shape, dtype, memory_format=memory_format)
             self.held_bytes += size
             self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
         else:
             if self._spill_dir is None:
                 self.spill_root.mkdir(parents=True, exist_ok=True)
                 self._spill_dir = Path(tempfile.mkdtemp(prefix="capture-", dir=self.spill_root))
-            buffer = CaptureBuffer(rows, row_shape, dtype, self._spill_dir / f"{len(self._buffers)}.rows")
+            buffer = CaptureBuffer(rows, row_shape, dtype, self._spill_dir / f"{len(self._buffers)}.rows", memory_format)
             self.spilled_bytes += size
             self.peak_spilled_bytes = max(self.peak_spilled_bytes, self.spilled_bytes)
         self._buffers.append(buffer)

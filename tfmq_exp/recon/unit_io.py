@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from tfmq_exp.conditioning import nest
-from tfmq_exp.recon.capture_buffer import CaptureBudget, CaptureBuffer
+from tfmq_exp.recon.capture_buffer import CaptureBudget, CaptureBuffer, layout_of, layout_probe
 
 
 class StopForward(Exception):
@@ -130,12 +130,14 @@ class _Recorder:
     """Writes each call's batched values into buffers of the budget as they come; checks the rest is constant.
 
     Whether an argument is batched is decided at the first call (a tensor whose first dimension is that call's
-    batch size); a later call that disagrees is an error, as is a non-batched argument that changes.
+    batch size); a later call that disagrees is an error, as is a non-batched argument that changes. The rows keep
+    the layout that concatenating the calls' tensors would give (:func:`layout_of`, on one-row samples).
     """
 
     def __init__(self, rows: int, budget: CaptureBudget) -> None:
         self.rows, self.budget = rows, budget
         self.buffers: dict[str, CaptureBuffer] = {}
+        self.probes: dict[str, Tensor] = {}  # one row laid out as the concatenation of the calls so far
         self.constants: dict[str, Any] = {}
         self.started = False
 
@@ -143,13 +145,15 @@ class _Recorder:
         if not self.started:
             for key, value in values.items():
                 if _is_batched(value, size):
-                    self.buffers[key] = self.budget.allocate(self.rows, value.shape[1:], value.dtype)
+                    layout = layout_of([value])
+                    self.buffers[key] = self.budget.allocate(self.rows, value.shape[1:], value.dtype, layout)
                 else:
                     self.constants[key] = value.detach().cpu() if isinstance(value, Tensor) else value
             self.started = True
         for key, value in values.items():
             if key in self.buffers and _is_batched(value, size):
                 self.buffers[key].append(value)
+                self.probes[key] = layout_probe([self.probes[key], value] if key in self.probes else [value])
             elif key in self.buffers or not _same(self.constants[key], value):
                 raise ValueError(f"unit argument {key!r} is neither batched nor constant across calls")
 
@@ -157,6 +161,7 @@ class _Recorder:
         for key, buffer in self.buffers.items():
             if buffer.written != self.rows:
                 raise RuntimeError(f"captured {buffer.written} rows of {key!r} for {self.rows} samples")
+            buffer.relayout(layout_of([self.probes[key]]))
         return {key: buffer.materialized() for key, buffer in self.buffers.items()}
 
 
