@@ -109,6 +109,7 @@ def test_runtimes_own_int8_run(calibrated, inputs: Inputs, tmp_path: Path) -> No
     assert sqnr_db(openvino_runner(nncf_model, 1, inputs)(*inputs), expected) >= 10.0
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_codes_outside_the_7bit_range_are_refused(calibrated, inputs: Inputs, tmp_path: Path) -> None:
     _, _, float_unet, qparams = calibrated
     path = tmp_path / "unfolded.onnx"

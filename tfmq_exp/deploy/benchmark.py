@@ -269,6 +269,10 @@ def _run_artifact(args: argparse.Namespace, environment: dict, started: float) -
     print(f"results written to {args.out}")
     print(f"artifact {result['method']} {result['quant']} on {result['model']}: SQNR vs fake-quant "
           f"{result['sqnr_db_vs_fake_quant']:.1f} dB, int8 {result['speedup_int8_vs_fp32']:.2f}x vs fp32 eager")
+    sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
+    for name, median in result["median_ms"].items():
+        quality = f"  SQNR vs fake-quant {sqnr[name]:.1f} dB" if name in sqnr else ""
+        print(f"    {name:<14} {median:10.2f} ms  {result['median_ms']['fp32_eager'] / median:5.2f}x vs fp32_eager{quality}")
     return report
 
 

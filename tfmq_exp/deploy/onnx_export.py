@@ -42,7 +42,7 @@ from torch.nn.utils import parametrize
 
 from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, default_weight_code_max, int8_weight_scale, uint8_act_params
 from tfmq_exp.deploy.qparams import LayerQParams, fake_quantize_weight
-from tfmq_exp.deploy.temporal import as_float_timesteps
+from tfmq_exp.deploy.temporal import SampleTimestepUNet, as_float_timesteps
 
 INPUT_NAMES = ("sample", "timesteps")
 OUTPUT_NAME = "eps"
@@ -72,17 +72,6 @@ def _input_qdq_hook(scale: float, zero_point: int):
     return hook
 
 
-class _SampleTimestepDenoiser(nn.Module):
-    """``forward(sample, timesteps) -> eps`` as a plain tensor, the exported graph's signature."""
-
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timesteps).sample
-
-
 @torch.no_grad()
 def qdq_module(unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_max: int) -> nn.Module:
     """A copy of ``unet`` whose quantized layers fake-quantize their input (uint8) and weight (int8) with torch ops.
@@ -102,7 +91,7 @@ def qdq_module(unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_ma
         parametrize.register_parametrization(module, "weight", _WeightQDQ(scale))
         act_scale, act_zero_point = uint8_act_params(params.act_scale, params.act_zero_point, params.a_bits)
         module.register_forward_pre_hook(_input_qdq_hook(act_scale, act_zero_point))
-    return _SampleTimestepDenoiser(model).eval()
+    return SampleTimestepUNet(model).eval()
 
 
 def _constant_values(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
@@ -187,7 +176,7 @@ def export_onnx(
     if qparams:
         module = qdq_module(unet, qparams, code_max)
     else:
-        module = _SampleTimestepDenoiser(copy.deepcopy(unet).eval().float())
+        module = SampleTimestepUNet(copy.deepcopy(unet).eval().float())
     sample, timestep = example_inputs
     inputs = (sample, as_float_timesteps(timestep, sample.shape[0]))
     path = Path(path)
