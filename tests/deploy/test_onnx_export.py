@@ -120,3 +120,16 @@ def test_codes_outside_the_7bit_range_are_refused(calibrated, inputs: Inputs, tm
     model = onnx.load(str(path))
     assert fold_weight_quantize(model, INT8_CODE_MAX) == len(qparams)
     assert max(int(np.abs(c).max()) for c in _weight_codes(model)) > INT8_CODE_MAX_WITHOUT_VNNI + 1  # full 8-bit codes with VNNI
+
+
+def test_openvino_runs_every_quantized_layer_in_int8(calibrated, exported: Path, inputs: Inputs) -> None:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(exported))
+    model.reshape({"sample": list(inputs[0].shape), "timesteps": [inputs[0].shape[0]]})
+    runtime = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model()
+    layers = [op.get_rt_info() for op in runtime.get_ops()
+              if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected")]
+    int8 = [info for info in layers if info["runtimePrecision"].astype(str) in ("u8", "i8")]
+    assert len(int8) == len(calibrated[3])  # the float ones are the full-precision layers (conv_in, ...)

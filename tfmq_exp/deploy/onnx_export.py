@@ -22,7 +22,14 @@ checked when the weights are folded.
 Folding: the exporter writes float weights followed by QuantizeLinear. :func:`fold_weight_quantize` replaces
 each such constant QuantizeLinear by its int8 result (evaluated with ONNX's reference implementation), so the
 file stores the int8 weight codes followed by DequantizeLinear, the QDQ form that ONNX Runtime, OpenVINO and
-TensorRT recognise.
+TensorRT recognise; the weights' all-zero zero points are dropped (OpenVINO runs a convolution whose weight
+DequantizeLinear carries an explicit zero point in f32).
+
+Runtimes: OpenVINO runs every quantized layer of this graph in int8 (QDQ on layer inputs only is its own
+form). ONNX Runtime fuses a convolution into ``QLinearConv`` only when its output is quantized too
+(DQ -> Conv -> Q); our fake-quant models quantize layer inputs, not outputs, so on ONNX Runtime the
+convolutions of this graph run in float (only ``MatMul`` becomes ``MatMulIntegerToFloat``). Quantizing conv
+outputs would need parameters the calibration did not produce.
 """
 
 from __future__ import annotations
@@ -127,7 +134,7 @@ def fold_weight_quantize(model: onnx.ModelProto, weight_code_max: int) -> int:
         ValueError: a folded weight has codes outside ``[-(M + 1), M]``.
     """
     constants = _constant_values(model)
-    folded = 0
+    folded_names: set = set()
     kept = []
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear" or not all(name in constants for name in node.input):
@@ -138,11 +145,17 @@ def fold_weight_quantize(model: onnx.ModelProto, weight_code_max: int) -> int:
             raise ValueError(f"{node.name}: weight codes span [{codes.min()}, {codes.max()}], outside "
                              f"[{-(weight_code_max + 1)}, {weight_code_max}]")
         model.graph.initializer.append(numpy_helper.from_array(codes, name=node.output[0]))
-        folded += 1
+        folded_names.add(node.output[0])
+    for node in kept:
+        # Symmetric weights: drop the all-zero zero point (ONNX's default). With it, OpenVINO's low-precision
+        # transformations treat the weight as asymmetric and leave the layer in f32.
+        if node.op_type == "DequantizeLinear" and node.input[0] in folded_names and len(node.input) == 3:
+            if node.input[2] in constants and not np.any(constants[node.input[2]]):
+                del node.input[2]
     del model.graph.node[:]
     model.graph.node.extend(kept)
     _drop_unused_initializers(model)
-    return folded
+    return len(folded_names)
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
