@@ -272,7 +272,8 @@ def _run_artifact(args: argparse.Namespace, environment: dict, started: float) -
     sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
     for name, median in result["median_ms"].items():
         quality = f"  SQNR vs fake-quant {sqnr[name]:.1f} dB" if name in sqnr else ""
-        print(f"    {name:<14} {median:10.2f} ms  {result['median_ms']['fp32_eager'] / median:5.2f}x vs fp32_eager{quality}")
+        speedup = result["median_ms"]["fp32_eager"] / median
+        print(f"    {name:<14} {median:10.2f} ms  {speedup:5.2f}x vs fp32_eager{quality}")
     return report
 
 

@@ -71,7 +71,8 @@ def _onnx_runners(
 
     missing = missing_runtimes(("onnx", "onnxruntime", "openvino"))
     if missing:
-        print(f"tfmq-bench: skipping the ONNX paths: {', '.join(missing)} not installed (pip install 'tfmq-exp[deploy]')")
+        print(f"tfmq-bench: skipping the ONNX paths: {', '.join(missing)} not installed "
+              "(pip install 'tfmq-exp[deploy]')")
         return {}
     from tfmq_exp.deploy.onnx_export import export_onnx
     from tfmq_exp.deploy.runtimes import openvino_runner, ort_runner
