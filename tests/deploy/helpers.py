@@ -1,14 +1,17 @@
-"""Shared builders for the deploy tests: a tiny random digits UNet and noise calibration."""
+"""Shared builders for the deploy tests: a tiny random digits UNet, noise calibration, a project-calibrated model."""
 
 from __future__ import annotations
 
+import copy
 from typing import Dict, List, Tuple
 
 import torch
 
 from tfmq_exp.config.schema import PUBLISHED_FP_PATTERNS
 from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
+from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.digits import build_digits_unet
+from tfmq_exp.quant import observing_activations, quantize_
 
 FP_PATTERNS = PUBLISHED_FP_PATTERNS
 
@@ -41,3 +44,23 @@ def sqnr_db(output: torch.Tensor, reference: torch.Tensor) -> float:
 def example_inputs(batch: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(5)
     return torch.randn(batch, 1, 8, 8, generator=generator), torch.tensor([999.0, 649.0, 299.0, 49.0][:batch])
+
+
+def project_calibrated(a_bits: int | None = 8, split: bool = False) -> Tuple[torch.nn.Module, torch.nn.Module]:
+    """``(unet_fp, unet_q)``: the digits UNet and a W4 copy quantized by the project's own quantizers, calibrated."""
+    from tests import helpers
+
+    unet_fp = helpers.digits_unet(0)
+    method_config, model_config, quant_config = helpers.method_config, helpers.model_config, helpers.quant_config
+    if split:
+        unet_q = copy.deepcopy(unet_fp)
+        shortcuts_quantized = model_config(fp_patterns=[p for p in FP_PATTERNS if p != "*.conv_shortcut"])
+        quantize_(unet_q, quant_config(w_bits=4, a_bits=a_bits), shortcuts_quantized,
+                  method_config(split_shortcut=True), split_points=get_adapter(unet_fp).shortcut_split_points())
+    else:
+        unet_q = helpers.quantized_copy(unet_fp, quant_config(w_bits=4, a_bits=a_bits), model_config(), method_config())
+    generator = torch.Generator().manual_seed(0)
+    with observing_activations(unet_q):
+        for t in (900, 500, 100):
+            unet_q(torch.randn(4, 1, 8, 8, generator=generator), torch.tensor(t))
+    return unet_fp, unet_q

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tfmq_exp.deploy.bench_setup import interleaved_times
-from tfmq_exp.deploy.benchmark import main, parse_args, run
+from tfmq_exp.deploy.benchmark import _headline, main, parse_args, run
+from tfmq_exp.deploy.runtimes import missing_runtimes
 
 
 def test_calls_are_interleaved_after_warmup() -> None:
@@ -39,13 +40,47 @@ def test_eager_only_run_writes_report(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(argv) is None  # the console script exits with status 0
 
 
+def test_headline_picks_the_fastest_int8_backend() -> None:
+    medians = {"fp32_eager": 100.0, "fp32_ort": 80.0, "int8": 60.0, "int8_openvino": 44.0, "int8_ort": 90.0,
+               "int8_nncf": 40.0, "int8_ort_own": 50.0}
+    entry = {"variants": {name: {"median_ms": ms} for name, ms in medians.items()},
+             "speedups": {"int8_vs_fp32_eager": 100 / 60}}
+    headline = _headline({"digits": {"forward": {"8": entry}}})
+    assert headline["model"] == "digits" and headline["batch"] == 8
+    assert headline["best_int8_backend"] == "int8_nncf"
+    assert headline["best_int8_vs_fp32_eager"] == pytest.approx(2.5)
+    assert headline["best_int8_vs_best_fp32"] == pytest.approx(2.0)
+    assert headline["ours_vs_runtime_own_int8"] == pytest.approx(44 / 40)
+    assert headline["ours_vs_runtime_own_int8_per_runtime"] == pytest.approx({"int8_ort": 1.8, "int8_openvino": 1.1})
+    assert headline["int8_vs_fp32_compiled"] is None
+
+
+@pytest.mark.skipif(bool(missing_runtimes()), reason="the deploy extra (onnx, onnxruntime, openvino, nncf)")
+def test_onnx_variants_run_and_end_with_the_headline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    variants = "fp32_eager,fp32_ort,fp32_openvino,int8_ort,int8_openvino,int8_ort_own,int8_nncf"
+    argv = ["--models", "digits", "--variants", variants, "--batch-sizes", "2", "--repeats", "1", "--ddim-steps", "2",
+            "--ddim-batch", "2", "--ddim-repeats", "1", "--threads", "1", "--out", str(tmp_path / "bench.json")]
+    report = run(argv)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines[-4:]] == [
+        "best_int8_backend", "speedup_best_int8_vs_fp32_eager", "speedup_best_int8_vs_best_fp32",
+        "ours_vs_runtime_own_int8"]
+    assert float(lines[-1].split(": ")[1]) == pytest.approx(report["headline"]["ours_vs_runtime_own_int8"], abs=0.01)
+    forward = report["models"]["digits"]["forward"]["2"]
+    assert set(forward["variants"]) == set(variants.split(","))
+    assert min(forward["sqnr_db_vs_fake_quant"][name] for name in ("int8_ort", "int8_openvino")) >= 30.0
+    assert set(report["models"]["digits"]["build_s"]["onnx_files"]) == {
+        "export_fp32", "export_qdq_ours", "ort_quantize_static", "nncf_quantize"}
+
+
 @pytest.mark.slow
 def test_int8_run_prints_headline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["--models", "digits", "--batch-sizes", "8", "--repeats", "2", "--ddim-steps", "2", "--ddim-batch", "8",
             "--ddim-repeats", "1", "--threads", "1", "--out", str(tmp_path / "bench.json")]
     report = run(argv)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2].startswith("speedup_int8_vs_fp32_eager: ")
-    assert lines[-1].startswith("speedup_int8_vs_fp32_compiled: ")
-    assert float(lines[-1].split(": ")[1]) == pytest.approx(report["headline"]["int8_vs_fp32_compiled"], abs=0.01)
+    assert lines[-6].startswith("speedup_int8_vs_fp32_eager: ")
+    assert lines[-5].startswith("speedup_int8_vs_fp32_compiled: ")
+    assert float(lines[-5].split(": ")[1]) == pytest.approx(report["headline"]["int8_vs_fp32_compiled"], abs=0.01)
+    assert lines[-4].startswith("best_int8_backend: ") and lines[-1].startswith("ours_vs_runtime_own_int8: ")
     assert report["models"]["digits"]["ddim"]["sample_sqnr_db_vs_fp32_eager"]["int8"] > 10.0

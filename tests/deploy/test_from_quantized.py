@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from tests.helpers import FP_PATTERNS, digits_unet, method_config, model_config, quant_config, quantized_copy
+from tests.deploy.helpers import project_calibrated
 from tfmq_exp.deploy.from_quantized import deployment_inputs
 from tfmq_exp.deploy.reference import FakeQuantReference
 from tfmq_exp.errors import UserError
-from tfmq_exp.models.adapters import get_adapter
-from tfmq_exp.quant import iter_attn_processors, observing_activations, quantize_
-
-
-def _calibrated(a_bits: int | None = 8, split: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
-    unet_fp = digits_unet(0)
-    if split:
-        unet_q = copy.deepcopy(unet_fp)
-        shortcuts_quantized = model_config(fp_patterns=[p for p in FP_PATTERNS if p != "*.conv_shortcut"])
-        quantize_(unet_q, quant_config(w_bits=4, a_bits=a_bits), shortcuts_quantized,
-                  method_config(split_shortcut=True), split_points=get_adapter(unet_fp).shortcut_split_points())
-    else:
-        unet_q = quantized_copy(unet_fp, quant_config(w_bits=4, a_bits=a_bits), model_config(), method_config())
-    generator = torch.Generator().manual_seed(0)
-    with observing_activations(unet_q):
-        for t in (900, 500, 100):
-            unet_q(torch.randn(4, 1, 8, 8, generator=generator), torch.tensor(t))
-    return unet_fp, unet_q
+from tfmq_exp.quant import iter_attn_processors
 
 
 def _sqnr(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -36,7 +17,7 @@ def _sqnr(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 
 def test_exported_parameters_reproduce_the_fake_quant_model() -> None:
-    unet_fp, unet_q = _calibrated()
+    unet_fp, unet_q = project_calibrated()
     for _, processor in iter_attn_processors(unet_q):
         processor.set_quant_state(act=False)  # deployment keeps attention matmuls in floating point
     float_unet, qparams = deployment_inputs(unet_q, unet_fp)
@@ -52,6 +33,6 @@ def test_exported_parameters_reproduce_the_fake_quant_model() -> None:
                                                            (8, True, "split activation / weight quantizers")],
                          ids=["w4a32", "split"])
 def test_unsupported_features_fail_clearly(a_bits: int | None, split: bool, message: str) -> None:
-    unet_fp, unet_q = _calibrated(a_bits=a_bits, split=split)
+    unet_fp, unet_q = project_calibrated(a_bits=a_bits, split=split)
     with pytest.raises(UserError, match=message):
         deployment_inputs(unet_q, unet_fp)

@@ -11,13 +11,14 @@ import torch._inductor.config
 from diffusers import DDIMScheduler, UNet2DModel
 
 from tfmq_exp.deploy.lower import lower_to_int8
+from tfmq_exp.deploy.onnx_variants import ONNX_VARIANTS, OnnxModels
 from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
 from tfmq_exp.deploy.temporal import TemporalFeatureCache
 from tfmq_exp.models.digits import build_digits_unet
 from tfmq_exp.paths import WEIGHTS_DIR
 
-VARIANTS = ("fp32_eager", "fp32_compiled", "int8", "int8_cache")
-DEFAULT_VARIANTS = ("fp32_eager", "fp32_compiled", "int8")
+VARIANTS = ("fp32_eager", "fp32_compiled", "int8", "int8_cache", *ONNX_VARIANTS)
+DEFAULT_VARIANTS = ("fp32_eager", "fp32_compiled", "int8", *ONNX_VARIANTS)
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -62,13 +63,19 @@ def sample_shape(unet: UNet2DModel) -> Tuple[int, int, int]:
     return (unet.config.in_channels, size, size)
 
 
-def noise_qparams(unet: UNet2DModel, fp_patterns: Sequence[str], batches: int = 4) -> Dict[str, LayerQParams]:
-    """W8A8 parameters (symmetric weights) calibrated by min/max on Gaussian noise at random timesteps."""
+def noise_batches(unet: UNet2DModel, batches: int = 4) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """``batches`` calibration batches of 8: Gaussian noise at random (float) timesteps."""
     generator = torch.Generator().manual_seed(1)
     examples = []
     for _ in range(batches):
         noise = torch.randn(8, *sample_shape(unet), generator=generator)
         examples.append((noise, torch.randint(0, 1000, (8,), generator=generator).float()))
+    return examples
+
+
+def noise_qparams(unet: UNet2DModel, fp_patterns: Sequence[str], batches: int = 4) -> Dict[str, LayerQParams]:
+    """W8A8 parameters (symmetric weights) calibrated by min/max on :func:`noise_batches`."""
+    examples = noise_batches(unet, batches)
     return minmax_layer_qparams(unet, examples, w_bits=8, a_bits=8, fp_patterns=fp_patterns, weight_symmetric=True)
 
 
@@ -116,8 +123,13 @@ def build_variant(
     example: Tuple[torch.Tensor, torch.Tensor],
     cache: TemporalFeatureCache | None,
     compiled_float: CompiledFloat,
+    onnx_models: OnnxModels | None = None,
 ) -> Variant:
-    """Build variant ``name`` for the example's batch size (compiled ones compile here, on ``example``)."""
+    """Build variant ``name`` for the example's batch size (compiled ones compile here, on ``example``).
+
+    ONNX variants (:data:`ONNX_VARIANTS`) take their files from ``onnx_models``; the time to export / quantize
+    those files is kept in ``onnx_models.build_s``, not in this variant's ``build_s``.
+    """
     start = time.perf_counter()
     if name == "fp32_eager":
         run: Denoiser = lambda sample, timesteps: unet(sample, timesteps).sample  # noqa: E731
@@ -125,6 +137,10 @@ def build_variant(
         run = compiled_float
     elif name in ("int8", "int8_cache"):
         run = lower_to_int8(unet, qparams, example, cache=cache if name == "int8_cache" else None)
+    elif name in ONNX_VARIANTS and onnx_models is not None:
+        onnx_models.source(name)  # exported / quantized once per model, timed in onnx_models.build_s
+        start = time.perf_counter()
+        run = onnx_models.runner(name, example)
     else:
         raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
     with torch.no_grad():

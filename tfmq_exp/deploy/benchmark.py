@@ -1,13 +1,23 @@
-"""``tfmq-bench``: CPU speed of the int8 UNet against FP32 eager and FP32 compiled, in one process.
+"""``tfmq-bench``: CPU speed of every int8 path of the UNet against the FP32 ones, in one process.
+
+Variants: PyTorch FP32 eager / compiled, this project's PT2E int8 (``int8``), the float ONNX export on ONNX
+Runtime / OpenVINO, our QDQ ONNX export (the same calibrated parameters) on both runtimes, and as references
+ONNX Runtime's and NNCF's own int8 quantization of the same float model (:mod:`tfmq_exp.deploy.onnx_variants`).
+Variants whose runtime is not installed are skipped with one line (``pip install tfmq-exp[deploy]``).
 
 For each model and batch size the variants are built (the compiled ones compile on that shape), warmed up
 and timed round-robin (A, B, C, A, B, C, ...) so that load from other processes affects them alike; then a
-whole DDIM sampling loop is timed per variant the same way. Medians and ratios are printed and every timing
-is written to a JSON file. The last two lines are the headline, for the CIFAR-10 UNet at batch 8 (or the
-first model measured when CIFAR-10 is not):
+whole DDIM sampling loop is timed per variant the same way. Medians, ratios and each int8 output's SQNR
+against the fake-quant model with our parameters are printed; every timing is written to a JSON file. Build
+times (export, runtime quantization, compilation) are reported apart from latencies. The headline is the
+CIFAR-10 UNet at batch 8 (or the first model measured when CIFAR-10 is not); the output ends with
 
-    speedup_int8_vs_fp32_eager: X
+    speedup_int8_vs_fp32_eager: X            (PT2E int8)
     speedup_int8_vs_fp32_compiled: Y
+    best_int8_backend: NAME
+    speedup_best_int8_vs_fp32_eager: X
+    speedup_best_int8_vs_best_fp32: Y
+    ours_vs_runtime_own_int8: Z              (best of our export's latencies / best of the runtimes' own int8)
 
 Example: ``tfmq-bench --models digits --quick --threads 1 --out /tmp/bench.json``.
 """
@@ -34,10 +44,14 @@ from tfmq_exp.deploy.bench_setup import (
     ddim_sample,
     ddim_scheduler,
     interleaved_times,
+    noise_batches,
     noise_qparams,
     sample_shape,
 )
+from tfmq_exp.deploy.from_artifact import sqnr_db
 from tfmq_exp.deploy.int8_grid import default_weight_code_max
+from tfmq_exp.deploy.onnx_variants import ONNX_VARIANTS, OURS, RUNTIME_OWN, OnnxModels, unavailable_variants
+from tfmq_exp.deploy.reference import FakeQuantReference
 from tfmq_exp.deploy.temporal import TemporalFeatureCache
 
 HEADLINE = ("cifar10", 8)
@@ -90,11 +104,6 @@ def _ratios(summary: Dict[str, dict]) -> Dict[str, float]:
             for reference in summary if reference.startswith("fp32")}
 
 
-def _sqnr_db(output: torch.Tensor, reference: torch.Tensor) -> float:
-    error = (output - reference).pow(2).sum().clamp(min=1e-30)
-    return float(10 * torch.log10(reference.pow(2).sum() / error))
-
-
 def benchmark_model(name: str, args: argparse.Namespace) -> dict:
     """Time every variant of one model at every batch size, then the DDIM loop."""
     unet, weights = build_benchmark_unet(name)
@@ -105,24 +114,45 @@ def benchmark_model(name: str, args: argparse.Namespace) -> dict:
     needs_cache = "int8_cache" in args.variants
     cache = TemporalFeatureCache.from_unet(unet, scheduler.timesteps, shape) if needs_cache else None
     compiled_float = CompiledFloat(unet)
+    onnx_models = None
+    if set(args.variants) & set(ONNX_VARIANTS):
+        onnx_models = OnnxModels(unet, qparams, noise_batches(unet), args.threads)
+    fake_quant = FakeQuantReference(unet, qparams)
     result: dict = {"weights": weights, "parameters": sum(p.numel() for p in unet.parameters()),
                     "quantized_layers": len(qparams), "build_s": {}, "forward": {}}
     generator = torch.Generator().manual_seed(2)
     batch_sizes = list(dict.fromkeys(args.batch_sizes + [args.ddim_batch]))
-    for batch in batch_sizes:
-        sample = torch.randn(batch, *shape, generator=generator)
-        timesteps = torch.full((batch,), float(scheduler.timesteps[len(scheduler.timesteps) // 2]))
-        variants = [build_variant(v, unet, qparams, (sample, timesteps), cache, compiled_float) for v in args.variants]
-        result["build_s"][str(batch)] = {v.name: round(v.build_s, 2) for v in variants}
-        if batch in args.batch_sizes:
-            calls = {v.name: (lambda run=v.run: run(sample, timesteps)) for v in variants}
-            summary = _summary(interleaved_times(calls, args.repeats))
-            result["forward"][str(batch)] = {"variants": summary, "speedups": _ratios(summary)}
-            _print_rows(name, f"batch {batch}", result["forward"][str(batch)])
-        if batch == args.ddim_batch:
-            result["ddim"] = _benchmark_ddim(variants, scheduler, batch, shape, args.ddim_repeats)
-            _print_rows(name, f"DDIM-{args.ddim_steps} batch {batch}", result["ddim"])
+    try:
+        for batch in batch_sizes:
+            sample = torch.randn(batch, *shape, generator=generator)
+            timesteps = torch.full((batch,), float(scheduler.timesteps[len(scheduler.timesteps) // 2]))
+            variants = [build_variant(v, unet, qparams, (sample, timesteps), cache, compiled_float, onnx_models)
+                        for v in args.variants]
+            result["build_s"][str(batch)] = {v.name: round(v.build_s, 2) for v in variants}
+            if batch in args.batch_sizes:
+                calls = {v.name: (lambda run=v.run: run(sample, timesteps)) for v in variants}
+                summary = _summary(interleaved_times(calls, args.repeats))
+                result["forward"][str(batch)] = {"variants": summary, "speedups": _ratios(summary),
+                                                 "sqnr_db_vs_fake_quant": _sqnr_vs(fake_quant, variants, sample,
+                                                                                   timesteps)}
+                _print_rows(name, f"batch {batch}", result["forward"][str(batch)])
+            if batch == args.ddim_batch:
+                result["ddim"] = _benchmark_ddim(variants, scheduler, batch, shape, args.ddim_repeats)
+                _print_rows(name, f"DDIM-{args.ddim_steps} batch {batch}", result["ddim"])
+    finally:
+        if onnx_models is not None:
+            result["build_s"]["onnx_files"] = onnx_models.build_s
+            onnx_models.close()
+    print(f"[{name}] build times (s, apart from latencies): {result['build_s']}", flush=True)
     return result
+
+
+@torch.no_grad()
+def _sqnr_vs(fake_quant: FakeQuantReference, variants, sample: torch.Tensor, timesteps: torch.Tensor) -> dict:
+    """SQNR (dB) of each int8 variant's output against the fake-quant model with our parameters."""
+    reference = fake_quant(sample, timesteps)
+    return {v.name: sqnr_db(v.run(sample, timesteps), reference) for v in variants
+            if v.name.startswith("int8") and v.name != "int8_cache"}
 
 
 def _benchmark_ddim(variants, scheduler, batch: int, shape, repeats: int) -> dict:
@@ -133,27 +163,64 @@ def _benchmark_ddim(variants, scheduler, batch: int, shape, repeats: int) -> dic
     reference = outputs.get("fp32_eager")
     sqnr = {}
     if reference is not None:
-        sqnr = {name: _sqnr_db(out, reference) for name, out in outputs.items() if name != "fp32_eager"}
+        sqnr = {name: sqnr_db(out, reference) for name, out in outputs.items() if name != "fp32_eager"}
     return {"variants": summary, "speedups": _ratios(summary), "sample_sqnr_db_vs_fp32_eager": sqnr}
 
 
 def _print_rows(model: str, label: str, entry: dict) -> None:
-    medians = "  ".join(f"{name} {stats['median_ms']:.2f} ms" for name, stats in entry["variants"].items())
-    ratios = "  ".join(f"{key} {value:.2f}x" for key, value in entry["speedups"].items())
-    print(f"[{model}] {label}: {medians}  |  {ratios}", flush=True)
+    """One line per variant: median, speedup over FP32 eager and SQNR against fake-quant where measured."""
+    eager = entry["variants"].get("fp32_eager", {}).get("median_ms")
+    sqnr = entry.get("sqnr_db_vs_fake_quant") or entry.get("sample_sqnr_db_vs_fp32_eager") or {}
+    sqnr_label = "SQNR vs fake-quant" if "sqnr_db_vs_fake_quant" in entry else "sample SQNR vs fp32_eager"
+    print(f"[{model}] {label}:", flush=True)
+    for name, stats in entry["variants"].items():
+        speedup = f"  {eager / stats['median_ms']:5.2f}x vs fp32_eager" if eager else ""
+        quality = f"  {sqnr_label} {sqnr[name]:.1f} dB" if name in sqnr else ""
+        print(f"    {name:<14} {stats['median_ms']:10.2f} ms{speedup}{quality}", flush=True)
 
 
 def _headline(results: Dict[str, dict]) -> Optional[dict]:
-    """Speedups of ``int8`` at the headline (model, batch), falling back to the first measured pair."""
+    """Speedups at the headline (model, batch), falling back to the first measured pair with FP32 eager and int8."""
     model, batch = HEADLINE
     candidates = [(model, str(batch))] + [(m, str(batch)) for m in results]
     candidates += [(m, b) for m, r in results.items() for b in r["forward"]]
     for model_name, batch_key in candidates:
-        speedups = results.get(model_name, {}).get("forward", {}).get(batch_key, {}).get("speedups", {})
-        if "int8_vs_fp32_eager" in speedups and "int8_vs_fp32_compiled" in speedups:
-            return {"model": model_name, "batch": int(batch_key), "int8_vs_fp32_eager": speedups["int8_vs_fp32_eager"],
-                    "int8_vs_fp32_compiled": speedups["int8_vs_fp32_compiled"]}
+        entry = results.get(model_name, {}).get("forward", {}).get(batch_key)
+        if entry is None:
+            continue
+        medians = {name: stats["median_ms"] for name, stats in entry["variants"].items()}
+        int8 = {name: ms for name, ms in medians.items() if name.startswith("int8")}
+        fp32 = {name: ms for name, ms in medians.items() if name.startswith("fp32")}
+        if "fp32_eager" not in fp32 or not int8:
+            continue
+        best = min(int8, key=int8.__getitem__)
+        ours = [int8[name] for name in OURS if name in int8]
+        own = [int8[name] for name in RUNTIME_OWN if name in int8]
+        per_runtime = {ours_name: int8[ours_name] / int8[own_name] for ours_name, own_name in zip(OURS, RUNTIME_OWN)
+                       if ours_name in int8 and own_name in int8}
+        return {"model": model_name, "batch": int(batch_key), "best_int8_backend": best,
+                "best_int8_vs_fp32_eager": fp32["fp32_eager"] / int8[best],
+                "best_int8_vs_best_fp32": min(fp32.values()) / int8[best],
+                "ours_vs_runtime_own_int8": min(ours) / min(own) if ours and own else None,
+                "ours_vs_runtime_own_int8_per_runtime": per_runtime,
+                "int8_vs_fp32_eager": entry["speedups"].get("int8_vs_fp32_eager"),
+                "int8_vs_fp32_compiled": entry["speedups"].get("int8_vs_fp32_compiled")}
     return None
+
+
+def _print_headline(headline: dict) -> None:
+    print(f"headline: model={headline['model']} batch={headline['batch']}")
+    if headline["ours_vs_runtime_own_int8_per_runtime"]:
+        pairs = "  ".join(f"{k} {v:.2f}" for k, v in headline["ours_vs_runtime_own_int8_per_runtime"].items())
+        print(f"ours_vs_runtime_own_int8 per runtime (int8_ort / int8_ort_own, int8_openvino / int8_nncf): {pairs}")
+    if headline["int8_vs_fp32_eager"] is not None and headline["int8_vs_fp32_compiled"] is not None:
+        print(f"speedup_int8_vs_fp32_eager: {headline['int8_vs_fp32_eager']:.2f}")
+        print(f"speedup_int8_vs_fp32_compiled: {headline['int8_vs_fp32_compiled']:.2f}")
+    print(f"best_int8_backend: {headline['best_int8_backend']}")
+    print(f"speedup_best_int8_vs_fp32_eager: {headline['best_int8_vs_fp32_eager']:.2f}")
+    print(f"speedup_best_int8_vs_best_fp32: {headline['best_int8_vs_best_fp32']:.2f}")
+    ours = headline["ours_vs_runtime_own_int8"]
+    print(f"ours_vs_runtime_own_int8: {'n/a' if ours is None else f'{ours:.2f}'}")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
@@ -165,6 +232,12 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    "int8_weight_code_max": default_weight_code_max()}
     print(f"tfmq-bench: {environment}", flush=True)
+    skipped = unavailable_variants(args.variants)
+    if skipped:
+        missing = sorted({module for modules in skipped.values() for module in modules})
+        print(f"tfmq-bench: skipping {', '.join(skipped)}: {', '.join(missing)} not installed "
+              "(pip install 'tfmq-exp[deploy]')", flush=True)
+        args.variants = [name for name in args.variants if name not in skipped]
     if args.artifact is not None:
         return _run_artifact(args, environment, started)
     results = {name: benchmark_model(name, args) for name in args.models}
@@ -176,9 +249,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     args.out.write_text(json.dumps(report, indent=2))
     print(f"results written to {args.out}")
     if headline is not None:
-        print(f"headline: model={headline['model']} batch={headline['batch']}")
-        print(f"speedup_int8_vs_fp32_eager: {headline['int8_vs_fp32_eager']:.2f}")
-        print(f"speedup_int8_vs_fp32_compiled: {headline['int8_vs_fp32_compiled']:.2f}")
+        _print_headline(headline)
     return report
 
 
@@ -198,6 +269,11 @@ def _run_artifact(args: argparse.Namespace, environment: dict, started: float) -
     print(f"results written to {args.out}")
     print(f"artifact {result['method']} {result['quant']} on {result['model']}: SQNR vs fake-quant "
           f"{result['sqnr_db_vs_fake_quant']:.1f} dB, int8 {result['speedup_int8_vs_fp32']:.2f}x vs fp32 eager")
+    sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
+    for name, median in result["median_ms"].items():
+        quality = f"  SQNR vs fake-quant {sqnr[name]:.1f} dB" if name in sqnr else ""
+        speedup = result["median_ms"]["fp32_eager"] / median
+        print(f"    {name:<14} {median:10.2f} ms  {speedup:5.2f}x vs fp32_eager{quality}")
     return report
 
 

@@ -38,22 +38,17 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 
 from tfmq_exp.deploy.int8_grid import act_observer, default_weight_code_max, weight_observer
 from tfmq_exp.deploy.qparams import QUANTIZABLE_TYPES, LayerQParams, fake_quantize_weight
-from tfmq_exp.deploy.temporal import FeatureInputUNet, TemporalFeatureCache, as_float_timesteps, tib_layout
+from tfmq_exp.deploy.temporal import (
+    FeatureInputUNet,
+    SampleTimestepUNet,
+    TemporalFeatureCache,
+    as_float_timesteps,
+    tib_layout,
+)
 
 ANNOTATION_KEY = "quantization_annotation"
 LAYER_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
 WRAPPER_ATTRIBUTE = "unet"  # the UNet's attribute name in the exported wrapper (prefix of module paths)
-
-
-class _SampleTimestepUNet(nn.Module):
-    """``forward(sample, timesteps) -> eps`` returning a tensor, as the exported graph's signature."""
-
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timesteps).sample
 
 
 def layer_name_of(node: torch.fx.Node) -> Optional[str]:
@@ -231,7 +226,7 @@ def lower_to_int8(
     sample, timestep = example_inputs
     timesteps = as_float_timesteps(timestep, sample.shape[0])
     if cache is None:
-        wrapper: nn.Module = _SampleTimestepUNet(model)
+        wrapper: nn.Module = SampleTimestepUNet(model)
         inputs: tuple = (sample, timesteps)
     else:
         wrapper = FeatureInputUNet(model)

@@ -72,6 +72,17 @@ def as_float_timesteps(timestep: torch.Tensor | float | int, batch_size: int) ->
     return timesteps
 
 
+class SampleTimestepUNet(nn.Module):
+    """``forward(sample, timesteps) -> eps`` returning a tensor, as the exported graph's signature."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timesteps).sample
+
+
 class FeatureInputUNet(nn.Module):
     """``forward(sample, temporal_features) -> eps``: the UNet with its TIB replaced by given features.
 

@@ -1,0 +1,136 @@
+"""A project-calibrated UNet exported to QDQ ONNX runs on ONNX Runtime and OpenVINO with the fake-quant numerics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from tests.deploy.helpers import noise_batches, project_calibrated, sqnr_db  # noqa: E402
+from tfmq_exp.deploy.from_quantized import deployment_inputs  # noqa: E402
+from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, INT8_CODE_MAX_WITHOUT_VNNI  # noqa: E402
+from tfmq_exp.deploy.onnx_export import INPUT_NAMES, OPSET, export_onnx, fold_weight_quantize, qdq_module  # noqa: E402
+from tfmq_exp.deploy.qparams import LayerQParams  # noqa: E402
+from tfmq_exp.deploy.runtimes import nncf_int8, openvino_runner, ort_runner, ort_static_int8  # noqa: E402
+from tfmq_exp.quant import iter_attn_processors  # noqa: E402
+
+Inputs = Tuple[torch.Tensor, torch.Tensor]
+
+
+@pytest.fixture(scope="module")
+def calibrated() -> Tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, Dict[str, LayerQParams]]:
+    """``(unet_fp, unet_q, float_unet, qparams)``: a W4A8 project model and its deployment inputs."""
+    unet_fp, unet_q = project_calibrated()
+    for _, processor in iter_attn_processors(unet_q):
+        processor.set_quant_state(act=False)  # deployment keeps attention matmuls in floating point
+    float_unet, qparams = deployment_inputs(unet_q, unet_fp)
+    return unet_fp, unet_q, float_unet, qparams
+
+
+@pytest.fixture(scope="module")
+def inputs() -> Inputs:
+    generator = torch.Generator().manual_seed(7)
+    return torch.randn(3, 1, 8, 8, generator=generator), torch.tensor([900.0, 500.0, 100.0])
+
+
+@pytest.fixture(scope="module")
+def exported(calibrated, inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, _, float_unet, qparams = calibrated
+    path = tmp_path_factory.mktemp("onnx") / "qdq.onnx"
+    return export_onnx(float_unet, path, inputs, qparams, weight_code_max=INT8_CODE_MAX_WITHOUT_VNNI)
+
+
+def _weight_codes(model: onnx.ModelProto) -> list:
+    """The int8 initializers that DequantizeLinear nodes read as their data (the weight codes)."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    data = {node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    return [numpy_helper.to_array(initializers[name]) for name in data
+            if name in initializers and initializers[name].data_type == onnx.TensorProto.INT8]
+
+
+def _fake_quant(unet_q: torch.nn.Module, inputs: Inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return unet_q(*inputs).sample
+
+
+def test_export_stores_7bit_int8_weight_codes_behind_dequantize(calibrated, exported: Path) -> None:
+    model = onnx.load(str(exported))
+    onnx.checker.check_model(model)
+    ops = [node.op_type for node in model.graph.node]
+    int8_weights = _weight_codes(model)
+    qparams = calibrated[3]
+    assert len(int8_weights) == len(qparams)
+    # One activation QDQ pair per layer input; layers reading one tensor with equal parameters (to_q / to_k /
+    # to_v) share it, as the exporter merges identical nodes.
+    assert 0 < ops.count("QuantizeLinear") <= len(qparams)
+    assert ops.count("DequantizeLinear") == ops.count("QuantizeLinear") + len(qparams)
+    assert all(w.min() >= -64 and w.max() <= 63 for w in int8_weights)
+    assert not any(i.data_type == onnx.TensorProto.FLOAT and i.name.endswith("weight.original")
+                   for i in model.graph.initializer)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtime_int8_matches_the_fake_quant_model(calibrated, exported: Path, inputs: Inputs, runtime: str) -> None:
+    unet_q = calibrated[1]
+    runner = ort_runner(exported, threads=1) if runtime == "onnxruntime" else openvino_runner(exported, 1, inputs)
+    assert sqnr_db(runner(*inputs), _fake_quant(unet_q, inputs)) >= 30.0
+
+
+def test_float_export_matches_pytorch(calibrated, inputs: Inputs, tmp_path: Path) -> None:
+    unet_fp = calibrated[0]
+    path = export_onnx(unet_fp, tmp_path / "fp32.onnx", inputs)
+    with torch.no_grad():
+        expected = unet_fp(*inputs).sample
+    assert sqnr_db(ort_runner(path, 1)(*inputs), expected) >= 60.0
+    assert sqnr_db(openvino_runner(path, 1, inputs)(*inputs), expected) >= 60.0
+
+
+def test_runtimes_own_int8_run(calibrated, inputs: Inputs, tmp_path: Path) -> None:
+    unet_fp = calibrated[0]
+    float_path = export_onnx(unet_fp, tmp_path / "fp32.onnx", inputs)
+    calibration = noise_batches(count=2, batch=3)
+    with torch.no_grad():
+        expected = unet_fp(*inputs).sample
+    ort_path = ort_static_int8(float_path, tmp_path / "ort_int8.onnx", calibration, INT8_CODE_MAX_WITHOUT_VNNI)
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(ort_path)).graph.node}
+    assert sqnr_db(ort_runner(ort_path, 1)(*inputs), expected) >= 10.0
+    nncf_model = nncf_int8(float_path, calibration)
+    assert any(op.get_type_name() == "FakeQuantize" for op in nncf_model.get_ops())
+    assert sqnr_db(openvino_runner(nncf_model, 1, inputs)(*inputs), expected) >= 10.0
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_codes_outside_the_7bit_range_are_refused(calibrated, inputs: Inputs, tmp_path: Path) -> None:
+    _, _, float_unet, qparams = calibrated
+    path = tmp_path / "unfolded.onnx"
+    torch.onnx.export(qdq_module(float_unet, qparams, INT8_CODE_MAX), inputs, str(path), dynamo=False,
+                      opset_version=OPSET, input_names=list(INPUT_NAMES))
+    with pytest.raises(ValueError, match="outside"):
+        fold_weight_quantize(onnx.load(str(path)), INT8_CODE_MAX_WITHOUT_VNNI)
+    model = onnx.load(str(path))
+    assert fold_weight_quantize(model, INT8_CODE_MAX) == len(qparams)
+    # With VNNI the same parameters use full 8-bit codes.
+    assert max(int(np.abs(c).max()) for c in _weight_codes(model)) > INT8_CODE_MAX_WITHOUT_VNNI + 1
+
+
+def test_openvino_runs_every_quantized_layer_in_int8(calibrated, exported: Path, inputs: Inputs) -> None:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(exported))
+    model.reshape({"sample": list(inputs[0].shape), "timesteps": [inputs[0].shape[0]]})
+    runtime = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model()
+    layers = [op.get_rt_info() for op in runtime.get_ops()
+              if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected")]
+    int8 = [info for info in layers if info["runtimePrecision"].astype(str) in ("u8", "i8")]
+    assert len(int8) == len(calibrated[3])  # the float ones are the full-precision layers (conv_in, ...)

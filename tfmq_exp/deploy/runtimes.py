@@ -1,0 +1,130 @@
+"""Running exported ONNX UNets on ONNX Runtime and OpenVINO, and the two runtimes' own int8 quantization.
+
+Every runner is a denoiser ``(sample, timesteps) -> eps`` (float32 torch tensors in and out) with a fixed
+thread count. The runtimes are optional dependencies (the ``deploy`` extra): :func:`missing_runtimes` says
+which are absent, and nothing here is imported by the rest of the package unless a runtime variant is asked for.
+
+References for our own QDQ export (:mod:`tfmq_exp.deploy.onnx_export`): ONNX Runtime's ``quantize_static``
+(QDQ, per-channel weights, min/max calibration) and NNCF's ``nncf.quantize`` on the OpenVINO model, both
+calibrated on a few noise batches at random timesteps. They quantize with their own recipes and parameters;
+ours runs the project's calibrated ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, default_weight_code_max
+from tfmq_exp.deploy.onnx_export import INPUT_NAMES
+from tfmq_exp.deploy.temporal import as_float_timesteps
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = Tuple[torch.Tensor, torch.Tensor]
+RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "nncf", "onnx": "onnx"}
+# Layer types with int8 kernels: quantizing adds / muls / concats as well would add QDQ pairs around float ops.
+INT8_OP_TYPES = ["Conv", "Gemm", "MatMul"]
+
+
+def missing_runtimes(names: Sequence[str] = tuple(RUNTIME_MODULES)) -> List[str]:
+    """The modules among ``names`` that cannot be imported here."""
+    return [name for name in names if importlib.util.find_spec(RUNTIME_MODULES[name]) is None]
+
+
+def _feeds(sample: torch.Tensor, timestep: torch.Tensor | float | int) -> Dict[str, np.ndarray]:
+    timesteps = as_float_timesteps(timestep, sample.shape[0])
+    return dict(zip(INPUT_NAMES, (sample.detach().float().numpy(), timesteps.numpy())))
+
+
+def ort_runner(path: str | Path, threads: int) -> Denoiser:
+    """An ONNX Runtime CPU session of ``path`` (all graph optimizations, ``threads`` intra-op threads)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, _feeds(sample, timestep))[0])
+
+    return run
+
+
+def _openvino_config(threads: int) -> dict:
+    # f32 inference precision: on CPUs with AMX / AVX512-BF16 OpenVINO would otherwise run float layers in bf16.
+    return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def _static_shapes(model, example: Batch) -> None:
+    """Reshape an OpenVINO model to the example's (batch) shapes: static shapes compile to faster kernels."""
+    feeds = _feeds(*example)
+    model.reshape({name: list(value.shape) for name, value in feeds.items()})
+
+
+def openvino_runner(model_or_path, threads: int, example: Batch) -> Denoiser:
+    """An OpenVINO CPU compiled model of an ``ov.Model`` or ONNX / IR file, specialised to ``example``'s shapes."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path.clone()
+    _static_shapes(model, example)
+    compiled = core.compile_model(model, "CPU", _openvino_config(threads))
+    request = compiled.create_infer_request()
+
+    def run(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        outputs = request.infer(_feeds(sample, timestep))
+        return torch.from_numpy(np.array(outputs[compiled.output(0)]))
+
+    return run
+
+
+def _calibration_feeds(batches: Sequence[Batch]) -> List[Dict[str, np.ndarray]]:
+    return [_feeds(sample, timestep) for sample, timestep in batches]
+
+
+def ort_static_int8(
+    float_path: str | Path, out_path: str | Path, calibration: Sequence[Batch], weight_code_max: Optional[int] = None
+) -> Path:
+    """ONNX Runtime's own static int8 quantization of a float ONNX model (QDQ, per-channel, min/max).
+
+    ``reduce_range`` (7-bit weights) is set on CPUs without VNNI, the runtime's own form of our 7-bit rule.
+
+    Returns:
+        ``out_path``.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds: Iterator[Dict[str, np.ndarray]] = iter(_calibration_feeds(calibration))
+
+        def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+            return next(self.feeds, None)
+
+    code_max = weight_code_max or default_weight_code_max()
+    quantize_static(str(float_path), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=code_max < INT8_CODE_MAX, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OP_TYPES)
+    return Path(out_path)
+
+
+def nncf_int8(float_path: str | Path, calibration: Sequence[Batch]):
+    """NNCF's own post-training int8 quantization (default preset) of the float ONNX model read by OpenVINO.
+
+    Returns:
+        the quantized ``openvino.Model`` (compile it with :func:`openvino_runner`).
+    """
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(float_path))
+    _static_shapes(model, calibration[0])
+    feeds = _calibration_feeds(calibration)
+    return nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds))
