@@ -14,31 +14,13 @@ from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.onnx_variants import ONNX_VARIANTS, OnnxModels
 from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
 from tfmq_exp.deploy.temporal import TemporalFeatureCache
+from tfmq_exp.models.architectures import ddpm_cifar10_unet
 from tfmq_exp.models.digits import build_digits_unet
 from tfmq_exp.paths import WEIGHTS_DIR
 
 VARIANTS = ("fp32_eager", "fp32_compiled", "int8", "int8_cache", *ONNX_VARIANTS)
 DEFAULT_VARIANTS = ("fp32_eager", "fp32_compiled", "int8", *ONNX_VARIANTS)
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def build_cifar10_unet() -> UNet2DModel:
-    """The google/ddpm-cifar10-32 architecture (35.7 M parameters), random weights."""
-    return UNet2DModel(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(128, 256, 256, 256),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=None,
-        downsample_padding=0,
-        flip_sin_to_cos=False,
-        freq_shift=1,
-        norm_eps=1e-6,
-        norm_num_groups=32,
-    )
 
 
 def build_benchmark_unet(name: str) -> Tuple[UNet2DModel, str]:
@@ -49,7 +31,7 @@ def build_benchmark_unet(name: str) -> Tuple[UNet2DModel, str]:
     """
     torch.manual_seed(0)
     if name == "cifar10":
-        return build_cifar10_unet().eval(), "random"
+        return ddpm_cifar10_unet(seed=0).eval(), "random"
     if name == "digits":
         directory = WEIGHTS_DIR / "digits"
         if (directory / "config.json").is_file():
