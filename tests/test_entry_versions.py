@@ -37,7 +37,7 @@ SOURCES = {
 RECORDED = {
     "calibration": (1, "601d0776ba607645"),
     "fp_reference": (1, "4939a563838573c4"),
-    "reconstruction": (2, "66a8315d72edded2"),
+    "reconstruction": (2, "b22100d86707bdd8"),
     "act_reconstruction": (1, "6d17c0cd7130294d"),
 }
 
