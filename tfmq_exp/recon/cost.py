@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,57 @@ def measure(samples: int, budget_mb: Optional[float], units: Sequence[str], iter
     return report
 
 
+def interleaved_iteration_times(
+    sizes: Sequence[int], unit_name: str, rounds: int, batch_size: int, threads: int
+) -> dict[int, list[float]]:
+    """Seconds of one AdaRound step (fetch a random batch, forward, backward, Adam) of ``unit_name`` on data sets
+    of each size, timed round-robin in this one process (so that load from other processes hits every size alike).
+
+    The unit's inputs and targets are captured once for the largest size, spilled to files (a zero budget); a
+    size ``n`` draws its batches from the first ``n`` rows. What differs between sizes is only where the rows of
+    a batch come from, which is what must not cost more as the calibration set grows.
+    """
+    from tfmq_exp.eval.sampling import sampling_timesteps
+    from tfmq_exp.models.adapters import get_adapter
+    from tfmq_exp.models.architectures import ddpm_cifar10_unet
+    from tfmq_exp.quant import QuantModule, quantize_
+    from tfmq_exp.recon.capture_buffer import CaptureBudget
+    from tfmq_exp.recon.objectives import BlockOutputObjective, UnitDataset
+    from tfmq_exp.recon.runner import capture_batch_size, session
+    from tfmq_exp.recon.unit_io import capture_inputs, capture_output
+
+    torch.set_num_threads(threads)
+    largest = max(sizes)
+    with tempfile.TemporaryDirectory(prefix="tfmq-cost-") as cache_dir:
+        config = _config(largest, 0, 1, batch_size, Path(cache_dir))
+        unet_fp = ddpm_cifar10_unet().eval()
+        unet_q = copy.deepcopy(unet_fp)
+        quantize_(unet_q, config.quant, config.model, config.method,
+                  temporal_names=set(get_adapter(unet_fp).tib().layer_names()))
+        data = synthetic_samples(largest, sampling_timesteps(config.sampler, config.model), (3, 32, 32))
+        budget = CaptureBudget(0, Path(cache_dir) / "spill")
+        times: dict[int, list[float]] = {size: [] for size in sizes}
+        with session(unet_q, unet_fp, "cpu"):
+            module_q, module_fp = unet_q.get_submodule(unit_name), unet_fp.get_submodule(unit_name)
+            inputs = capture_inputs(unet_q, module_q, data, capture_batch_size(config), budget)
+            target = capture_output(unet_fp, module_fp, data, capture_batch_size(config), budget)
+            dataset = UnitDataset(inputs.tensors, target, timesteps=data.timesteps)
+            objective = BlockOutputObjective(inputs.template, config.method.recon.p)
+            layers = [module for module in module_q.modules() if isinstance(module, QuantModule)]
+            optimizer = torch.optim.Adam([alpha for layer in layers for alpha in layer.enable_adaround(soft=True)])
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(rounds):
+                for size in sizes:
+                    started = time.perf_counter()
+                    batch = dataset[torch.randperm(size, generator=generator)[:batch_size].tolist()]
+                    optimizer.zero_grad()
+                    objective(module_q, batch).backward()
+                    optimizer.step()
+                    times[size].append(time.perf_counter() - started)
+        budget.release()
+    return times
+
+
 def _child(samples: int, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, "-m", "tfmq_exp.recon.cost", "--child", str(samples), "--units", ",".join(args.units),
                "--iters", str(args.iters), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
@@ -134,7 +186,7 @@ def _print(results: Sequence[dict[str, Any]], units: Sequence[str]) -> None:
         print(f"peak_rss_growth_{results[index]['samples']}_to_{results[index + 1]['samples']}: {100 * change:+.1f}%")
     for name in units:
         per_iter = [result["units"][name]["seconds_per_iter"] for result in results]
-        print(f"seconds_per_iter_spread_{name}: {max(per_iter) / min(per_iter):.2f}x")
+        print(f"seconds_per_iter_spread_{name} (one process per size, sequential): {max(per_iter) / min(per_iter):.2f}x")
 
 
 def print_estimates(measured: Optional[list[dict[str, Any]]], batch_size: int) -> dict[str, Any]:
@@ -188,6 +240,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="method.recon.batch_size (published: 32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="JSON file of every measurement")
+    parser.add_argument("--interleaved-rounds", type=int, default=0,
+                        help="also time AdaRound steps on every size round-robin in one process (this many rounds)")
     parser.add_argument("--estimate", action="store_true",
                         help="also estimate the published protocols (CIFAR-10, LDM-4, SD 1.4) from the architectures")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -204,11 +258,20 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
           f"batch {args.batch_size}, {args.threads} threads, {platform.processor() or platform.machine()}")
     results = [_child(samples, args) for samples in args.samples]
     _print(results, args.units)
+    interleaved = None
+    if args.interleaved_rounds:
+        times = interleaved_iteration_times(args.samples, args.units[0], args.interleaved_rounds, args.batch_size,
+                                            args.threads)
+        medians = {size: statistics.median(values) for size, values in times.items()}
+        print(f"interleaved AdaRound step of {args.units[0]} (spilled data, median of {args.interleaved_rounds}): "
+              + ", ".join(f"{size}: {seconds:.3f} s" for size, seconds in medians.items()))
+        print(f"seconds_per_iter_spread_interleaved: {max(medians.values()) / min(medians.values()):.2f}x")
+        interleaved = {"unit": args.units[0], "times": times, "medians": medians}
     estimates = print_estimates(results, args.batch_size) if args.estimate else None
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "child")}
-        document = {"settings": settings, "results": results, "estimates": estimates}
+        document = {"settings": settings, "results": results, "interleaved": interleaved, "estimates": estimates}
         args.out.write_text(json.dumps(document, indent=1, default=str) + "\n")
     return results
 
