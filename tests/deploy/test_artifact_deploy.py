@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.deploy.helpers import make_artifact, sqnr_db
+from tfmq_exp.deploy.artifact_report import print_artifact, print_side_by_side
 from tfmq_exp.deploy.from_artifact import benchmark_artifact, load_calibrated
 from tfmq_exp.deploy.from_quantized import deployment_inputs
 from tfmq_exp.deploy.grouped_onnx import WEIGHTS_FILE, GroupedDenoiser, export_grouped_onnx
@@ -33,13 +34,17 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_artifact(tmp_path_factory.mktemp("cached"), "tfmq_cache", STEPS)
 
 
-def test_released_artifact_deploys_one_graph_per_timestep_group(released: Path) -> None:
+def test_released_artifact_deploys_one_graph_per_timestep_group(released: Path, capsys) -> None:
     result = benchmark_artifact(released, batch_size=2, repeats=1, compile=False)
     assert result["kind"] == "per_timestep" and result["method"] == "tfmq_released"
     assert 1 <= result["groups"] <= STEPS
     sqnr = result["sqnr_db_vs_fake_quant_per_variant"]  # the minimum over every sampling timestep
     assert set(sqnr) == {"int8_ort_grouped", "int8_openvino_grouped"} and min(sqnr.values()) >= 30.0, result
     assert any("PT2E" in note for note in result["notes"])
+    print_artifact(result)
+    print_side_by_side([result, result])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tfmq_released |")]
+    assert len(rows) == 4 and all("int8_" in row for row in rows)
 
 
 def test_grouped_graphs_share_one_weights_file_and_dispatch_by_timestep(released: Path, tmp_path: Path) -> None:
@@ -84,3 +89,12 @@ def test_cache_artifact_deploys_with_its_own_features_as_inputs(cached: Path, tm
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["sample", *sorted(cache.features)]
     assert not [node.name for node in graph.node if "time_embedding" in node.name or "time_emb_proj" in node.name]
+
+
+@pytest.mark.slow
+def test_tfmq_artifact_is_one_graph_fed_by_its_own_quantized_tib(tmp_path_factory: pytest.TempPathFactory) -> None:
+    result = benchmark_artifact(make_artifact(tmp_path_factory.mktemp("tfmq"), "tfmq", STEPS), batch_size=2,
+                                repeats=1, compile=False)
+    assert result["kind"] == "tib_fsc" and result["groups"] is None
+    sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
+    assert set(sqnr) == {"int8", "int8_ort", "int8_openvino"} and min(sqnr.values()) >= 30.0, result

@@ -10,9 +10,10 @@ MIB = 2**20
 def print_artifact(result: dict) -> None:
     """Every path of one artifact: latency per forward and per sampling loop, SQNR, build time, memory, files."""
     best = result["speedup_int8_vs_fp32"]
-    print(f"artifact {result['method']} {result['quant']} on {result['model']} ({result['kind']}"
-          f"{'' if result['groups'] is None else f', {result['groups']} timestep groups'}): "
-          f"best int8 {'n/a' if best is None else f'{best:.2f}x'} vs fp32 eager")
+    groups = "" if result["groups"] is None else f", {result['groups']} timestep groups"
+    best_text = "n/a" if best is None else f"{best:.2f}x"
+    print(f"artifact {result['method']} {result['quant']} on {result['model']} ({result['kind']}{groups}): "
+          f"best int8 {best_text} vs fp32 eager")
     sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
     for name, median in result["median_ms"].items():
         quality = f"  SQNR vs fake-quant (min over t) {sqnr[name]:.1f} dB" if name in sqnr else ""
@@ -36,6 +37,7 @@ def print_side_by_side(results: List[dict]) -> None:
         for name, sqnr in result["sqnr_db_vs_fake_quant_per_variant"].items():
             median = result["median_ms"][name]
             files = result["file_bytes"].get(name)
+            files_text = "" if files is None else f"{files / MIB:.2f}"
             print(f"| {result['method']} | {result['kind']} | {name} | {median:.2f} | {result['loop_ms'][name]:.1f} | "
                   f"{result['median_ms']['fp32_eager'] / median:.2f} | {result['build_s'][name]:.2f} | "
-                  f"{result['rss_mb'][name]:.1f} | {'' if files is None else f'{files / MIB:.2f}'} | {sqnr:.1f} |")
+                  f"{result['rss_mb'][name]:.1f} | {files_text} | {sqnr:.1f} |")

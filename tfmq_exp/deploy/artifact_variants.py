@@ -1,9 +1,12 @@
 """The deployed paths of one calibrated artifact, each built once with its build time and memory measured.
 
-Three kinds of artifact (:func:`artifact_kind`):
+Four kinds of artifact (:func:`artifact_kind`):
 
-- ``static`` (e.g. ``tfmq``, ``naive``): one parameter set; PT2E int8 (``int8``) and our QDQ export on ONNX
+- ``static`` (e.g. ``naive``, ``qdiffusion``): one parameter set; PT2E int8 (``int8``) and our QDQ export on ONNX
   Runtime / OpenVINO (``int8_ort`` / ``int8_openvino``).
+- ``tib_fsc`` (``tfmq``: FSC on the TIB's layers only): the TIB depends on ``t`` alone, so the artifact's own
+  quantized TIB is evaluated once per sampling timestep (:meth:`~tfmq_exp.deploy.temporal.TemporalFeatureCache.
+  from_quantized_tib`) and the rest is one static graph taking those features as inputs; the same three paths.
 - ``cache`` (``tfmq_cache``): the TIB is replaced by the artifact's own table of quantized temporal features
   (:meth:`~tfmq_exp.deploy.temporal.TemporalFeatureCache.from_quantized`, the core cache's dequantized rows);
   the same three paths with the TIB removed from every graph and the features fed as inputs per timestep.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -31,6 +34,7 @@ from tfmq_exp.deploy.from_quantized import deployment_inputs
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.qparams import LayerQParams
 from tfmq_exp.deploy.temporal import TemporalFeatureCache, tib_layout
+from tfmq_exp.deploy.timestep_groups import per_timestep_layers
 from tfmq_exp.temporal.maintenance import iter_cache_modules
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -81,16 +85,15 @@ class ArtifactVariants:
         self.rss_mb[name] = round((rss_bytes() - before) / 2**20, 2)
 
 
-def artifact_kind(unet_q: nn.Module) -> str:
-    """``cache`` when the model holds temporal-feature cache modules, ``per_timestep`` when an activation quantizer
-    has FSC parameters (outside a cache), else ``static``."""
-    from tfmq_exp.quant.layout import iter_act_quantizers
-
+def artifact_kind(unet_q: nn.Module, qparams: Dict[str, LayerQParams], tib_layers: Sequence[str]) -> str:
+    """``cache`` when the model holds temporal-feature cache modules; else ``per_timestep`` when a layer outside the
+    TIB has FSC parameters, ``tib_fsc`` when only TIB layers have them, ``static`` when none has."""
     if next(iter_cache_modules(unet_q), None) is not None:
         return "cache"
-    if any(quantizer.per_timestep for _, quantizer in iter_act_quantizers(unet_q)):
+    fsc = set(per_timestep_layers(qparams))
+    if fsc - set(tib_layers):
         return "per_timestep"
-    return "static"
+    return "tib_fsc" if fsc else "static"
 
 
 def _files(*paths: Path) -> int:
@@ -98,23 +101,30 @@ def _files(*paths: Path) -> int:
 
 
 def build_variants(
-    unet_q: nn.Module, unet_fp: nn.Module, example: Batch, directory: Path, compile: bool = True, onnx: bool = True
-) -> ArtifactVariants:
+    unet_q: nn.Module, unet_fp: nn.Module, example: Batch, timesteps: Sequence[int], directory: Path,
+    compile: bool = True, onnx: bool = True,
+) -> ArtifactVariants:  # fmt: skip
     """Build every deployed path of a calibrated quantized UNet (see the module doc).
 
     Args:
         unet_q: the calibrated quantized UNet of the artifact (timestep context attached).
         unet_fp: its full-precision twin.
         example: ``(sample, timesteps)``; graphs are specialised to this batch size.
+        timesteps: the sampler's timesteps (``tib_fsc``: the features are evaluated at each).
         directory: where the ONNX files go.
         compile: compile the PT2E graph with inductor (real int8 kernels).
         onnx: build the ONNX Runtime / OpenVINO paths (skipped with a note when the runtimes are missing).
     """
-    variants = ArtifactVariants(kind=artifact_kind(unet_q), unet_fp=unet_fp)
-    cache = TemporalFeatureCache.from_quantized(unet_q, unet_fp) if variants.kind == "cache" else None
-    removed = tib_layout(unet_fp).layer_names if cache is not None else ()
-    float_unet, qparams = deployment_inputs(unet_q, unet_fp, removed_by_cache=removed,
-                                            allow_per_timestep=variants.kind == "per_timestep")
+    tib = tib_layout(unet_fp).layer_names
+    float_unet, qparams = deployment_inputs(unet_q, unet_fp, removed_by_cache=tib, allow_per_timestep=True)
+    variants = ArtifactVariants(kind=artifact_kind(unet_q, qparams, tib), unet_fp=unet_fp)
+    cache = None
+    if variants.kind == "cache":
+        cache = TemporalFeatureCache.from_quantized(unet_q, unet_fp)
+    elif variants.kind == "tib_fsc":
+        cache = TemporalFeatureCache.from_quantized_tib(unet_q, timesteps, example[0].shape[1:])
+    if cache is not None:  # the TIB leaves every graph
+        qparams = {name: params for name, params in qparams.items() if name not in set(tib)}
     variants.add("fp32_eager", lambda: (lambda x, t: unet_fp(x, t).sample), example)
     if variants.kind == "per_timestep":
         variants.notes.append("int8 (PT2E): skipped, one static graph cannot hold per-timestep scales")

@@ -85,7 +85,8 @@ def benchmark_artifact(
     timesteps = [int(t) for t in sampling_timesteps(config.sampler, config.model)]
     middle = torch.full((batch_size,), float(timesteps[len(timesteps) // 2]))
     with tempfile.TemporaryDirectory(prefix="tfmq-onnx-") as directory:
-        variants = build_variants(unet_q, unet_fp, (sample, middle), Path(directory), compile=compile, onnx=onnx)
+        variants = build_variants(unet_q, unet_fp, (sample, middle), timesteps, Path(directory), compile=compile,
+                                  onnx=onnx)
         for note in variants.notes:
             print(f"tfmq-bench: {note}")
         steps = [torch.full((batch_size,), float(t)) for t in timesteps]

@@ -136,7 +136,16 @@ def parametrize_act_qdq(model: onnx.ModelProto, qparams: Dict[str, LayerQParams]
                                         numpy_helper.from_array(zero_point, names[1])])
         for node in (slot.quantize, *slot.dequantize):
             node.input[1], node.input[2] = names
+    _drop_unused_constants(model)
     return slots
+
+
+def _drop_unused_constants(model: onnx.ModelProto) -> None:
+    """Remove the ``Constant`` nodes nothing reads any more (the scales replaced by named initializers)."""
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    unused = [node for node in model.graph.node if node.op_type == "Constant" and node.output[0] not in used]
+    for node in unused:
+        model.graph.node.remove(node)
 
 
 def set_act_qdq(model: onnx.ModelProto, slots: List[ActSlot], qparams: Dict[str, LayerQParams]) -> bool:

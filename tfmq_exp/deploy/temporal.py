@@ -208,6 +208,22 @@ class TemporalFeatureCache:
         return cls(timesteps=timesteps, features=captured, bits=bits)
 
     @classmethod
+    @torch.no_grad()
+    def from_quantized_tib(
+        cls, unet_q: nn.Module, timesteps: Sequence[int], sample_shape: Sequence[int]
+    ) -> "TemporalFeatureCache":
+        """The temporal features a TIB-maintained quantized UNet computes, one timestep at a time.
+
+        ``e_i(t)`` depends on ``t`` alone, so evaluating the quantized TIB (its per-timestep FSC parameters
+        selected through the model's timestep context) once per sampling timestep gives exactly the features the
+        fake-quant model uses; the deployed graph then takes them as inputs and holds no per-timestep parameter.
+        Nothing is calibrated: the artifact's own TIB is run.
+        """
+        parts = [cls.from_unet(unet_q, [int(t)], sample_shape) for t in timesteps]
+        features = {name: torch.cat([part.features[name] for part in parts]) for name in parts[0].features}
+        return cls(timesteps=torch.tensor([int(t) for t in timesteps]), features=features)
+
+    @classmethod
     def from_quantized(cls, unet_q: nn.Module, unet_fp: nn.Module) -> "TemporalFeatureCache":
         """The cache a cache-maintained quantized UNet holds: the core cache modules' dequantized rows.
 
