@@ -59,6 +59,7 @@ class ArtifactVariants:
         build_s / rss_mb: per variant, seconds to build and resident-memory growth in MiB.
         file_bytes: per ONNX variant, the bytes of its files on disk.
         groups: timestep groups of a ``per_timestep`` artifact (one graph each).
+        lowered_layers: how many layers run quantized in the deployed graphs.
         notes: one line per path that was skipped and why.
     """
 
@@ -70,6 +71,7 @@ class ArtifactVariants:
     file_bytes: Dict[str, int] = field(default_factory=dict)
     groups: Optional[list] = None
     notes: list = field(default_factory=list)
+    lowered_layers: int = 0
 
     def add(self, name: str, build: Callable[[], Denoiser], example: Batch) -> None:
         """Build variant ``name`` with ``build()``, call it once on ``example`` (every timestep group's graph, for a
@@ -125,6 +127,7 @@ def build_variants(
         cache = TemporalFeatureCache.from_quantized_tib(unet_q, timesteps, example[0].shape[1:])
     if cache is not None:  # the TIB leaves every graph
         qparams = {name: params for name, params in qparams.items() if name not in set(tib)}
+    variants.lowered_layers = len(qparams)
     variants.add("fp32_eager", lambda: (lambda x, t: unet_fp(x, t).sample), example)
     if variants.kind == "per_timestep":
         variants.notes.append("int8 (PT2E): skipped, one static graph cannot hold per-timestep scales")

@@ -111,6 +111,7 @@ def benchmark_artifact(
         "compiled": compile,
         "sampler_timesteps": len(timesteps),
         "groups": None if variants.groups is None else len(variants.groups),
+        "lowered_layers": variants.lowered_layers,
         "sqnr_db_vs_fake_quant": min(sqnr.values()) if sqnr else None,
         "sqnr_db_vs_fake_quant_per_variant": sqnr,
         "median_ms": medians,

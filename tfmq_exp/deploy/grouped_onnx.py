@@ -236,6 +236,9 @@ def export_grouped_onnx(
 class GroupedDenoiser:
     """``(sample, timesteps) -> eps`` dispatching each timestep to its group's denoiser.
 
+    A batch whose samples have different timesteps is split by timestep; runners compiled for one batch size
+    (OpenVINO with static shapes) need batches of one timestep, as a sampling loop gives them.
+
     Args:
         groups: the timesteps of each group.
         runners: one denoiser per group (same order), e.g. OpenVINO compiled models of the group files.
