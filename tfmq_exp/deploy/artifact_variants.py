@@ -14,10 +14,11 @@ Four kinds of artifact (:func:`artifact_kind`):
   shared weights (:mod:`tfmq_exp.deploy.grouped_onnx`), dispatched by timestep (``int8_ort_grouped`` /
   ``int8_openvino_grouped``). PT2E has one static graph and is skipped with one line.
 
-``fp32_eager`` and ``fp32_ort`` (the float export on ONNX Runtime) are the references. Every variant records ``build_s`` (export + compile, including its share of ONNX files) and ``rss_mb`` (this
-process's resident memory after building it and calling it once, minus before: the compiled weights, kernels and
-buffers it holds). Both runtimes are loaded (one float session each, discarded) before any of them is measured,
-so no variant is charged for loading a runtime's libraries.
+``fp32_eager`` and ``fp32_ort`` (the float export on ONNX Runtime) are the references. Every variant records
+``build_s`` (export + compile, including its share of ONNX files) and ``rss_mb`` (this process's resident
+memory after building it and calling it once, minus before: the compiled weights, kernels and buffers it holds).
+Both runtimes are loaded (one float session each, discarded) before any of them is measured, so no variant is
+charged for loading a runtime's libraries.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def _add_onnx(
 
     missing = missing_runtimes(("onnx", "onnxruntime", "openvino"))
     if missing:
-        variants.notes.append(f"ONNX paths: skipped, {', '.join(missing)} not installed (pip install 'tfmq-exp[deploy]')")
+        variants.notes.append(f"ONNX paths: skipped, {', '.join(missing)} not installed "
+                              "(pip install 'tfmq-exp[deploy]')")
         return
     from tfmq_exp.deploy.onnx_export import export_onnx
     from tfmq_exp.deploy.runtimes import cache_feeds, openvino_runner, ort_runner, warm_runtimes
