@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
@@ -64,3 +65,26 @@ def project_calibrated(a_bits: int | None = 8, split: bool = False) -> Tuple[tor
         for t in (900, 500, 100):
             unet_q(torch.randn(4, 1, 8, 8, generator=generator), torch.tensor(t))
     return unet_fp, unet_q
+
+
+def make_artifact(root: Path, method: str, steps: int = 4) -> Path:
+    """A real calibrated digits artifact of ``method`` (W8A8, a short run: ``steps`` sampler steps, 8 calibration
+    samples), under ``root``; returns its ``artifact`` directory."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tfmq_exp.config import register_configs
+    from tfmq_exp.config.validate import to_config
+    from tfmq_exp.paths import config_dir
+    from tfmq_exp.pipeline import run_pipeline
+
+    overrides = [f"method={method}", "quant=w8a8", f"sampler.num_steps={steps}", "calib.num_samples=8",
+                 "eval.num_samples=16", "eval.batch_size=16", "eval.trajectory_samples=2", "eval.kid_subset_size=8",
+                 "method.recon.iters=20", "logger=none", "runtime.progress=false",
+                 f"runtime.cache_dir={root / 'cache'}"]  # fmt: skip
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    run_pipeline(cfg, to_config(cfg), run_dir=root / "run")
+    return root / "run" / "artifact"

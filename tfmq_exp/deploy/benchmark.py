@@ -80,8 +80,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="keep the published full-precision layers in float32, or quantize every layer")
     parser.add_argument("--quick", action="store_true", help=f"development run: {QUICK}")
     parser.add_argument("--out", type=Path, default=Path("bench_results.json"))
-    parser.add_argument("--artifact", type=Path, default=None,
-                        help="lower and time a calibrated artifact (the artifact/ directory of a quantized run)")
+    parser.add_argument("--artifact", type=Path, action="append", default=None,
+                        help="deploy and time a calibrated artifact (the artifact/ directory of a quantized run); "
+                             "repeat it to put several artifacts side by side")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -254,26 +255,26 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def _run_artifact(args: argparse.Namespace, environment: dict, started: float) -> dict:
-    """``--artifact DIR``: lower the run's calibrated model and time it against FP32 and its fake-quant twin."""
+    """``--artifact DIR`` (repeatable): deploy each run's calibrated model, time its paths, print them side by side."""
+    from tfmq_exp.deploy.artifact_report import print_artifact, print_side_by_side
     from tfmq_exp.deploy.from_artifact import benchmark_artifact
     from tfmq_exp.errors import UserError
 
-    try:
-        result = benchmark_artifact(args.artifact, batch_size=args.ddim_batch, repeats=args.repeats)
-    except UserError as error:
-        raise SystemExit(f"tfmq-bench: error: {error}") from None
+    results = []
+    for artifact in args.artifact:
+        try:
+            results.append(benchmark_artifact(artifact, batch_size=args.ddim_batch, repeats=args.repeats))
+        except UserError as error:
+            raise SystemExit(f"tfmq-bench: error: {error}") from None
+        print_artifact(results[-1])
     report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "environment": environment, "artifact": result, "total_s": round(time.perf_counter() - started, 1)}
+              "environment": environment, "artifacts": results, "total_s": round(time.perf_counter() - started, 1)}
+    report["config"]["artifact"] = [str(path) for path in args.artifact]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"results written to {args.out}")
-    print(f"artifact {result['method']} {result['quant']} on {result['model']}: SQNR vs fake-quant "
-          f"{result['sqnr_db_vs_fake_quant']:.1f} dB, int8 {result['speedup_int8_vs_fp32']:.2f}x vs fp32 eager")
-    sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
-    for name, median in result["median_ms"].items():
-        quality = f"  SQNR vs fake-quant {sqnr[name]:.1f} dB" if name in sqnr else ""
-        speedup = result["median_ms"]["fp32_eager"] / median
-        print(f"    {name:<14} {median:10.2f} ms  {speedup:5.2f}x vs fp32_eager{quality}")
+    if len(results) > 1:
+        print_side_by_side(results)
     return report
 
 

@@ -1,12 +1,12 @@
-"""Lower a real calibrated artifact (``artifact/`` of a finished quantized run) to int8 and time it.
+"""Deploy a real calibrated artifact (``artifact/`` of a finished quantized run) to int8 and time it.
 
 The artifact's own config rebuilds the full-precision model (:func:`~tfmq_exp.models.loading.load_model`) and the
 calibrated quantized UNet (:func:`~tfmq_exp.ptq.load_quantized`); :func:`~tfmq_exp.deploy.from_quantized.
-deployment_inputs` hands its AdaRound weight codes and calibrated activation parameters to the lowering, with
-nothing re-calibrated. The benchmark compares, side by side in one process, the full-precision UNet, the
-fake-quant UNet the run evaluated, the lowered int8 graph and, when ONNX Runtime and OpenVINO are installed, the
-same parameters exported to QDQ ONNX (:mod:`tfmq_exp.deploy.onnx_export`) on both runtimes beside the float
-ONNX export; it reports each int8 output's SQNR against the fake-quant one.
+deployment_inputs` hands its AdaRound weight codes and calibrated activation parameters (static, per-timestep or
+beside a temporal-feature cache) to the deployed paths of :mod:`tfmq_exp.deploy.artifact_variants`, with nothing
+re-calibrated. The benchmark compares them side by side in one process with the full-precision UNet and the
+fake-quant UNet the run evaluated, and reports each int8 output's SQNR against the fake-quant one at every
+sampling timestep (the minimum).
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from tfmq_exp.config.schema import Config
+from tfmq_exp.deploy.artifact_variants import build_variants
 from tfmq_exp.deploy.bench_setup import interleaved_times
-from tfmq_exp.deploy.from_quantized import deployment_inputs
-from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.errors import UserError
 from tfmq_exp.eval.sampling import initial_noise, sampling_timesteps
 from tfmq_exp.models.loading import load_model
@@ -42,8 +41,8 @@ def load_calibrated(artifact: str | Path) -> tuple[torch.nn.Module, torch.nn.Mod
     """``(unet_q, unet_fp, config)`` of an artifact directory, the model rebuilt from the artifact's config.
 
     Raises:
-        UserError: the directory is not an artifact, or its model uses cache-based maintenance (lower those
-            with :class:`~tfmq_exp.deploy.temporal.TemporalFeatureCache` from the benchmark's own models).
+        UserError: the directory is not an artifact, or its model uses disturbance-aware selection
+            (``method.maintenance=select``: part cache, part TIB, not deployed yet).
     """
     from tfmq_exp.ptq import load_quantized
 
@@ -54,7 +53,7 @@ def load_calibrated(artifact: str | Path) -> tuple[torch.nn.Module, torch.nn.Mod
     stored = json.loads(meta_path.read_text())["config"]
     config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), stored))
     assert isinstance(config, Config)
-    if config.method.maintenance != "tib":
+    if config.method.maintenance not in ("tib", "cache"):
         raise UserError(f"--artifact: method.maintenance={config.method.maintenance} is not lowered from an artifact "
                         "yet; lower a TIB-maintained run (e.g. method=tfmq or qdiffusion)")
     loaded = load_model(config.model)
@@ -63,67 +62,63 @@ def load_calibrated(artifact: str | Path) -> tuple[torch.nn.Module, torch.nn.Mod
     return quantized.unet.eval(), loaded.unet, config
 
 
-def _onnx_runners(
-    unet_fp: torch.nn.Module, float_unet: torch.nn.Module, qparams: dict, example: tuple, directory: Path
-) -> Dict[str, Callable]:
-    """FP32 ONNX Runtime and our QDQ export on ONNX Runtime / OpenVINO; none (one line said) without the runtimes."""
-    from tfmq_exp.deploy.runtimes import missing_runtimes
-
-    missing = missing_runtimes(("onnx", "onnxruntime", "openvino"))
-    if missing:
-        print(f"tfmq-bench: skipping the ONNX paths: {', '.join(missing)} not installed "
-              "(pip install 'tfmq-exp[deploy]')")
-        return {}
-    from tfmq_exp.deploy.onnx_export import export_onnx
-    from tfmq_exp.deploy.runtimes import openvino_runner, ort_runner
-
-    threads = torch.get_num_threads()  # the benchmark's --threads
-    fp32_path = export_onnx(unet_fp, directory / "fp32.onnx", example)
-    qdq_path = export_onnx(float_unet, directory / "int8_qdq.onnx", example, qparams)
-    return {"fp32_ort": ort_runner(fp32_path, threads), "int8_ort": ort_runner(qdq_path, threads),
-            "int8_openvino": openvino_runner(qdq_path, threads, example)}
-
-
 def benchmark_artifact(
     artifact: str | Path, batch_size: int = 8, repeats: int = 10, compile: bool = True, onnx: bool = True
 ) -> dict[str, Any]:
-    """Lower an artifact and time FP32, fake-quant and int8 forwards side by side; SQNR of int8 vs fake-quant.
+    """Deploy an artifact and time every path side by side; SQNR of each int8 path vs fake-quant at every timestep.
 
     Args:
-        artifact: the ``artifact`` directory of a quantized run.
-        batch_size: samples per forward (the graph is specialised to it).
+        artifact: the ``artifact`` directory of a quantized run (static, cache or per-timestep parameters:
+            :mod:`tfmq_exp.deploy.artifact_variants`).
+        batch_size: samples per forward (the graphs are specialised to it).
         repeats: timed rounds (interleaved, after two warm-up rounds).
         compile: real int8 kernels through inductor; ``False`` times the converted graph's reference kernels.
-        onnx: also export the float model and our parameters to ONNX and time them on ONNX Runtime / OpenVINO
-            (skipped, with one line, when those are not installed).
+        onnx: also time our QDQ export on ONNX Runtime / OpenVINO (skipped, with one line, when not installed).
+
+    Returns:
+        ``median_ms`` (one forward at the middle sampling timestep), ``loop_ms`` (one forward at every sampling
+        timestep in turn: the denoiser calls of a whole sampling loop), ``build_s``, ``rss_mb``, ``file_bytes``,
+        ``sqnr_db_vs_fake_quant_per_variant`` (the minimum over the sampler's timesteps) and ``groups``.
     """
     unet_q, unet_fp, config = load_calibrated(artifact)
-    float_unet, qparams = deployment_inputs(unet_q, unet_fp)
     sample, _ = initial_noise(config.model, config.eval.seed_set, range(batch_size))
-    timesteps = sampling_timesteps(config.sampler, config.model)
-    timestep = torch.full((batch_size,), timesteps[len(timesteps) // 2])
-    lowered = lower_to_int8(float_unet, qparams, (sample, timestep.float()), compile=compile)
-    runners: Dict[str, Callable] = {"fp32_eager": lambda x, t: unet_fp(x, t).sample, "int8": lowered}
+    timesteps = [int(t) for t in sampling_timesteps(config.sampler, config.model)]
+    middle = torch.full((batch_size,), float(timesteps[len(timesteps) // 2]))
     with tempfile.TemporaryDirectory(prefix="tfmq-onnx-") as directory:
-        if onnx:
-            runners.update(_onnx_runners(unet_fp, float_unet, qparams, (sample, timestep.float()), Path(directory)))
+        variants = build_variants(unet_q, unet_fp, (sample, middle), timesteps, Path(directory), compile=compile,
+                                  onnx=onnx)
+        for note in variants.notes:
+            print(f"tfmq-bench: {note}")
+        steps = [torch.full((batch_size,), float(t)) for t in timesteps]
         with torch.no_grad():
-            reference = unet_q(sample, timestep).sample
-            sqnr = {name: sqnr_db(run(sample, timestep), reference) for name, run in runners.items()
-                    if name.startswith("int8")}
-        calls = {name: (lambda run=run: run(sample, timestep)) for name, run in runners.items()}
-        calls["fake_quant"] = lambda: unet_q(sample, timestep)
+            references = [unet_q(sample, t).sample for t in steps]
+            sqnr = {name: min(sqnr_db(run(sample, t), ref) for t, ref in zip(steps, references))
+                    for name, run in variants.runners.items() if name.startswith("int8")}
+        calls = {name: (lambda run=run: run(sample, middle)) for name, run in variants.runners.items()}
+        calls["fake_quant"] = lambda: unet_q(sample, middle)
         medians = {name: 1e3 * statistics.median(values) for name, values in interleaved_times(calls, repeats).items()}
+        loops = {name: (lambda run=run: [run(sample, t) for t in steps]) for name, run in variants.runners.items()}
+        loop_ms = {name: 1e3 * statistics.median(values)
+                   for name, values in interleaved_times(loops, max(1, repeats // 5), warmup=1).items()}
+    best_int8 = min((medians[name] for name in variants.runners if name.startswith("int8")), default=None)
     return {
         "artifact": str(artifact),
         "model": config.model.name,
         "method": config.method.name,
         "quant": config.quant.name,
+        "kind": variants.kind,
         "batch_size": batch_size,
         "compiled": compile,
-        "lowered_layers": len(qparams),
-        "sqnr_db_vs_fake_quant": sqnr["int8"],
+        "sampler_timesteps": len(timesteps),
+        "groups": None if variants.groups is None else len(variants.groups),
+        "lowered_layers": variants.lowered_layers,
+        "sqnr_db_vs_fake_quant": min(sqnr.values()) if sqnr else None,
         "sqnr_db_vs_fake_quant_per_variant": sqnr,
         "median_ms": medians,
-        "speedup_int8_vs_fp32": medians["fp32_eager"] / medians["int8"],
+        "loop_ms": loop_ms,
+        "build_s": variants.build_s,
+        "rss_mb": variants.rss_mb,
+        "file_bytes": variants.file_bytes,
+        "notes": variants.notes,
+        "speedup_int8_vs_fp32": None if best_int8 is None else medians["fp32_eager"] / best_int8,
     }

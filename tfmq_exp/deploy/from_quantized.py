@@ -3,9 +3,10 @@
 Lowering uses the project's own calibration: the reconstructed (AdaRound) weight codes and the calibrated
 activation scales / zero points, exported with :func:`tfmq_exp.quant.export_layer_qparams` - nothing is
 re-calibrated. Supported: static activation parameters on every lowered layer, and per-timestep (FSC)
-parameters on the TIB's layers, which cache-based deployment removes from the graph. Not supported (clear
-errors): activations off (W4A32 has no integer kernel), Q-Diffusion's split activation / weight quantizers
-(two sets of parameters for one layer), and per-timestep parameters outside the TIB.
+parameters on the TIB's layers, which cache-based deployment removes from the graph, or on every layer
+(``allow_per_timestep=True``: one graph per timestep group, :mod:`tfmq_exp.deploy.grouped_onnx`). Not supported
+(clear errors): activations off (W4A32 has no integer kernel), Q-Diffusion's split activation / weight
+quantizers (two sets of parameters for one layer).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tfmq_exp.quant import export_layer_qparams
 
 
 def deployment_inputs(
-    unet_q: nn.Module, unet_fp: nn.Module, removed_by_cache: Iterable[str] = ()
+    unet_q: nn.Module, unet_fp: nn.Module, removed_by_cache: Iterable[str] = (), allow_per_timestep: bool = False
 ) -> Tuple[nn.Module, Dict[str, LayerQParams]]:
     """Return a float UNet holding the quantized weights on their grid, and its per-layer parameters.
 
@@ -31,6 +32,8 @@ def deployment_inputs(
         unet_fp: its full-precision twin (copied; not modified).
         removed_by_cache: names of layers a temporal-feature cache removes from the deployed graph; their
             per-timestep (FSC) activation parameters are allowed and ignored.
+        allow_per_timestep: allow per-timestep (FSC) activation parameters on every layer (kept in
+            ``act_per_timestep``; the static ``act_scale`` is then the widest one, a placeholder).
 
     Returns:
         ``(float_unet, qparams)`` for :func:`tfmq_exp.deploy.lower_to_int8`. The float UNet's quantized layers
@@ -53,9 +56,10 @@ def deployment_inputs(
             raise UserError(f"{name} has full-precision activations; integer kernels need a_bits <= 8 (e.g. w4a8)")
         per_timestep: Optional[Dict[int, Tuple[float, int]]] = None
         if act["timesteps"] is not None:
-            if name not in removed:
+            if name not in removed and not allow_per_timestep:
                 raise UserError(f"{name} has per-timestep (FSC) activation parameters; deployment supports them "
-                                "only on the TIB with cache-based maintenance (method=tfmq_cache)")
+                                "only on the TIB with cache-based maintenance (method=tfmq_cache), or one graph per "
+                                "timestep group (allow_per_timestep=True)")
             per_timestep = {int(t): (float(s), int(z)) for t, s, z in zip(act["timesteps"], act["scale"], act["zero_point"])}
             scale, zero_point = float(act["scale"].max()), int(act["zero_point"][int(act["scale"].argmax())])
         else:

@@ -49,7 +49,13 @@ from torch.nn.utils import parametrize
 
 from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, default_weight_code_max, int8_weight_scale, uint8_act_params
 from tfmq_exp.deploy.qparams import LayerQParams, fake_quantize_weight
-from tfmq_exp.deploy.temporal import SampleTimestepUNet, as_float_timesteps
+from tfmq_exp.deploy.temporal import (
+    FeatureArgsUNet,
+    SampleTimestepUNet,
+    TemporalFeatureCache,
+    as_float_timesteps,
+    tib_layout,
+)
 
 INPUT_NAMES = ("sample", "timesteps")
 OUTPUT_NAME = "eps"
@@ -81,6 +87,12 @@ def _input_qdq_hook(scale: float, zero_point: int):
 
 @torch.no_grad()
 def qdq_module(unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_max: int) -> nn.Module:
+    """``SampleTimestepUNet`` of :func:`qdq_layers` (the exported signature ``(sample, timesteps) -> eps``)."""
+    return SampleTimestepUNet(qdq_layers(unet, qparams, weight_code_max)).eval()
+
+
+@torch.no_grad()
+def qdq_layers(unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_max: int) -> nn.Module:
     """A copy of ``unet`` whose quantized layers fake-quantize their input (uint8) and weight (int8) with torch ops.
 
     Raises:
@@ -98,7 +110,7 @@ def qdq_module(unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_ma
         parametrize.register_parametrization(module, "weight", _WeightQDQ(scale))
         act_scale, act_zero_point = uint8_act_params(params.act_scale, params.act_zero_point, params.a_bits)
         module.register_forward_pre_hook(_input_qdq_hook(act_scale, act_zero_point))
-    return SampleTimestepUNet(model).eval()
+    return model
 
 
 def _constant_values(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
@@ -172,6 +184,7 @@ def export_onnx(
     example_inputs: Tuple[torch.Tensor, torch.Tensor],
     qparams: Optional[Dict[str, LayerQParams]] = None,
     weight_code_max: Optional[int] = None,
+    cache: Optional[TemporalFeatureCache] = None,
 ) -> Path:
     """Export ``unet`` to ONNX, float (``qparams=None``) or QDQ int8 with our parameters; dynamic batch axis.
 
@@ -181,25 +194,36 @@ def export_onnx(
         example_inputs: ``(sample, timestep)`` used for tracing (any batch size).
         qparams: the layers to quantize and their parameters; ``None`` exports the float model.
         weight_code_max: int8 weight codes lie in ``[-(M + 1), M]``; default 127 with VNNI / AMX, 63 without.
+        cache: cache-based maintenance: the TIB leaves the graph and its features become inputs (one per
+            ResNet block, named after it, ``[B, C_i]``); the TIB layers' parameters in ``qparams`` are ignored.
 
     Returns:
-        ``path``. Inputs ``sample`` ``[B, C, H, W]`` float32 and ``timesteps`` ``[B]`` float32; output ``eps``.
+        ``path``. Inputs ``sample`` ``[B, C, H, W]`` float32 and ``timesteps`` ``[B]`` float32 (with ``cache``:
+        ``sample`` and the features); output ``eps``.
     """
     code_max = weight_code_max or default_weight_code_max()
-    if qparams:
-        module = qdq_module(unet, qparams, code_max)
-    else:
-        module = SampleTimestepUNet(copy.deepcopy(unet).eval().float())
+    if cache is not None and qparams:
+        removed = set(tib_layout(unet).layer_names)
+        qparams = {name: params for name, params in qparams.items() if name not in removed}
+    model = qdq_layers(unet, qparams, code_max) if qparams else copy.deepcopy(unet).eval().float()
     sample, timestep = example_inputs
-    inputs = (sample, as_float_timesteps(timestep, sample.shape[0]))
+    timesteps = as_float_timesteps(timestep, sample.shape[0])
+    input_names = list(INPUT_NAMES)
+    if cache is None:
+        module: nn.Module = SampleTimestepUNet(model)
+        inputs: tuple = (sample, timesteps)
+    else:
+        module = FeatureArgsUNet(model, sorted(cache.features))
+        input_names = [INPUT_NAMES[0], *module.names]
+        inputs = (sample, *module.arguments(cache.lookup(timesteps)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch_axis = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=OPSET, input_names=list(INPUT_NAMES),
+        torch.onnx.export(module.eval(), inputs, str(path), dynamo=False, opset_version=OPSET, input_names=input_names,
                           output_names=[OUTPUT_NAME],
-                          dynamic_axes={name: batch_axis for name in (*INPUT_NAMES, OUTPUT_NAME)})
+                          dynamic_axes={name: batch_axis for name in (*input_names, OUTPUT_NAME)})
     if qparams:
         model = onnx.load(str(path))
         fold_weight_quantize(model, code_max)

@@ -21,9 +21,10 @@ import torch
 
 from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, default_weight_code_max
 from tfmq_exp.deploy.onnx_export import INPUT_NAMES
-from tfmq_exp.deploy.temporal import as_float_timesteps
+from tfmq_exp.deploy.temporal import TemporalFeatureCache, as_float_timesteps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Feeds = Callable[[torch.Tensor, torch.Tensor], Dict[str, np.ndarray]]
 Batch = Tuple[torch.Tensor, torch.Tensor]
 RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "nncf", "onnx": "onnx"}
 # Layer types with int8 kernels: quantizing adds / muls / concats as well would add QDQ pairs around float ops.
@@ -40,7 +41,18 @@ def _feeds(sample: torch.Tensor, timestep: torch.Tensor | float | int) -> Dict[s
     return dict(zip(INPUT_NAMES, (sample.detach().float().numpy(), timesteps.numpy())))
 
 
-def ort_runner(path: str | Path, threads: int) -> Denoiser:
+def cache_feeds(cache: TemporalFeatureCache) -> Feeds:
+    """Feeds of a graph exported with a temporal-feature cache: ``sample`` and the features of the timesteps."""
+
+    def feeds(sample: torch.Tensor, timestep: torch.Tensor | float | int) -> Dict[str, np.ndarray]:
+        features = cache.lookup(as_float_timesteps(timestep, sample.shape[0]))
+        return {INPUT_NAMES[0]: sample.detach().float().numpy(),
+                **{name: value.contiguous().numpy() for name, value in features.items()}}
+
+    return feeds
+
+
+def ort_runner(path: str | Path, threads: int, feeds: Feeds = _feeds) -> Denoiser:
     """An ONNX Runtime CPU session of ``path`` (all graph optimizations, ``threads`` intra-op threads)."""
     import onnxruntime as ort
 
@@ -52,7 +64,7 @@ def ort_runner(path: str | Path, threads: int) -> Denoiser:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, _feeds(sample, timestep))[0])
+        return torch.from_numpy(session.run(None, feeds(sample, timestep))[0])
 
     return run
 
@@ -62,27 +74,33 @@ def _openvino_config(threads: int) -> dict:
     return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
 
-def _static_shapes(model, example: Batch) -> None:
+def _static_shapes(model, example: Batch, feeds: Feeds = _feeds) -> None:
     """Reshape an OpenVINO model to the example's (batch) shapes: static shapes compile to faster kernels."""
-    feeds = _feeds(*example)
-    model.reshape({name: list(value.shape) for name, value in feeds.items()})
+    model.reshape({name: list(value.shape) for name, value in feeds(*example).items()})
 
 
-def openvino_runner(model_or_path, threads: int, example: Batch) -> Denoiser:
+def openvino_runner(model_or_path, threads: int, example: Batch, feeds: Feeds = _feeds) -> Denoiser:
     """An OpenVINO CPU compiled model of an ``ov.Model`` or ONNX / IR file, specialised to ``example``'s shapes."""
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path.clone()
-    _static_shapes(model, example)
+    _static_shapes(model, example, feeds)
     compiled = core.compile_model(model, "CPU", _openvino_config(threads))
     request = compiled.create_infer_request()
 
     def run(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        outputs = request.infer(_feeds(sample, timestep))
+        outputs = request.infer(feeds(sample, timestep))
         return torch.from_numpy(np.array(outputs[compiled.output(0)]))
 
     return run
+
+
+def warm_runtimes(path: str | Path, threads: int, example: Batch) -> None:
+    """Load both runtimes' libraries and plugins (one session each of ``path``, run once and dropped), so that
+    memory measured afterwards belongs to the sessions built then."""
+    for runner in (ort_runner(path, threads), openvino_runner(path, threads, example)):
+        runner(*example)
 
 
 def _calibration_feeds(batches: Sequence[Batch]) -> List[Dict[str, np.ndarray]]:

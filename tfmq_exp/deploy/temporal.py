@@ -127,6 +127,25 @@ class FeatureInputUNet(nn.Module):
             self._supplied = None
 
 
+class FeatureArgsUNet(nn.Module):
+    """``forward(sample, *features) -> eps``: :class:`FeatureInputUNet` with positional feature inputs.
+
+    For exporters that take positional graph inputs (ONNX); ``names`` fixes their order.
+    """
+
+    def __init__(self, unet: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.inner = FeatureInputUNet(unet)
+        self.names = list(names)
+
+    def arguments(self, features: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+        """The features in input order."""
+        return [features[name] for name in self.names]
+
+    def forward(self, sample: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        return self.inner(sample, dict(zip(self.names, features)))
+
+
 @dataclass
 class TemporalFeatureCache:
     """Temporal features ``e_i(t)`` for one sampler's timestep set (DESIGN 1.5).
@@ -187,6 +206,51 @@ class TemporalFeatureCache:
         if bits is not None:  # the core cache's per-(t, i) quantization, bit for bit
             captured = {name: dequantize_rows(*quantize_rows(values, bits)) for name, values in captured.items()}
         return cls(timesteps=timesteps, features=captured, bits=bits)
+
+    @classmethod
+    @torch.no_grad()
+    def from_quantized_tib(
+        cls, unet_q: nn.Module, timesteps: Sequence[int], sample_shape: Sequence[int]
+    ) -> "TemporalFeatureCache":
+        """The temporal features a TIB-maintained quantized UNet computes, one timestep at a time.
+
+        ``e_i(t)`` depends on ``t`` alone, so evaluating the quantized TIB (its per-timestep FSC parameters
+        selected through the model's timestep context) once per sampling timestep gives exactly the features the
+        fake-quant model uses; the deployed graph then takes them as inputs and holds no per-timestep parameter.
+        Nothing is calibrated: the artifact's own TIB is run.
+        """
+        parts = [cls.from_unet(unet_q, [int(t)], sample_shape) for t in timesteps]
+        features = {name: torch.cat([part.features[name] for part in parts]) for name in parts[0].features}
+        return cls(timesteps=torch.tensor([int(t) for t in timesteps]), features=features)
+
+    @classmethod
+    def from_quantized(cls, unet_q: nn.Module, unet_fp: nn.Module) -> "TemporalFeatureCache":
+        """The cache a cache-maintained quantized UNet holds: the core cache modules' dequantized rows.
+
+        Nothing is recomputed: each ``time_emb_proj`` of ``unet_q`` must be a core
+        :class:`~tfmq_exp.temporal.feature_cache.CachedTemporalFeature` (``method.maintenance=cache``) serving every
+        timestep itself, without the TIB as fallback.
+
+        Raises:
+            ValueError: a projection is not such a table, or the tables hold different timesteps.
+        """
+        from tfmq_exp.temporal.feature_cache import CachedTemporalFeature
+
+        features: Dict[str, torch.Tensor] = {}
+        timesteps: Optional[List[int]] = None
+        bits = set()
+        for feature, projection in tib_layout(unet_fp).projections.items():
+            module = unet_q.get_submodule(projection)
+            if not isinstance(module, CachedTemporalFeature) or module.fallback is not None:
+                raise ValueError(f"{projection} is not a temporal-feature cache table without TIB fallback "
+                                 "(method.maintenance=cache, method.cache_fallback=false)")
+            order = module.cached_timesteps()
+            timesteps = order if timesteps is None else timesteps
+            if sorted(order) != sorted(timesteps):
+                raise ValueError(f"{projection} caches other timesteps than the other tables")
+            features[feature] = module.dequantized()[[order.index(t) for t in timesteps]].detach().float().cpu()
+            bits.add(module.bits)
+        return cls(timesteps=torch.tensor(timesteps), features=features, bits=bits.pop() if len(bits) == 1 else None)
 
     def lookup(self, timesteps: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Features for a batch of timesteps: ``{name: [B, C_i]}``.
