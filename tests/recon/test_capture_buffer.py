@@ -3,6 +3,7 @@ held, and a reconstruction whose data spills ends bit-identical to one that hold
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -103,4 +104,24 @@ def test_rows_keep_the_layout_the_unit_received(digits, tmp_path: Path) -> None:
     for rows in (held.tensors["arg0"][[1, 5]], spilled.tensors["arg0"][[1, 5]]):
         assert (rows.is_contiguous(memory_format=torch.channels_last) and not rows.is_contiguous()) == expected
     assert expected, "the digits attention block no longer hands on channels-last strides: pick another unit"
+    budget.release()
+
+
+def test_spill_directories_of_killed_runs_are_cleared_and_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tfmq_exp.recon.capture_buffer import spill_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / (spill_prefix(int(dead.stdout)) + "abc")
+    stale.mkdir()
+    (stale / "0.rows").write_bytes(b"\0" * 64)
+    live = tmp_path / (spill_prefix(os.getpid()) + "def")
+    live.mkdir()
+    other_host = tmp_path / "capture-elsewhere-1-xyz"
+    other_host.mkdir()
+    budget = CaptureBudget(0, tmp_path)
+    buffer = budget.allocate(2, (4,), torch.float32)  # the first spill clears what killed runs left
+    assert buffer.spilled and not stale.exists() and live.exists() and other_host.exists()
     budget.release()

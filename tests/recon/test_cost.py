@@ -29,3 +29,10 @@ def test_doubling_the_samples_doubles_the_spill_not_the_held_data(capsys: pytest
     assert unit["bytes_per_sample"] == small["units"]["down_blocks.1.attentions.0"]["bytes_per_sample"] > 0
     assert unit["seconds_per_iter"] > 0 and large["peak_rss_mib"] > 0
     assert "peak_rss_growth_16_to_32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--samples", "0,16"], ["--iters", "0"], ["--budget-mb", "-1"], ["--samples", "x"]])
+def test_bad_arguments_stop_with_one_usage_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and "tfmq-cost: error:" in capsys.readouterr().err

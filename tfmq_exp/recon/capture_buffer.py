@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -164,6 +166,37 @@ def _as_bytes(chunk: Tensor) -> bytes:
     return chunk.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def spill_prefix(pid: int) -> str:
+    """The name prefix of a process's spill directories: its host and process id (the cache may be shared)."""
+    return f"capture-{socket.gethostname()}-{pid}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_spills(spill_root: Path) -> list[Path]:
+    """Delete the spill directories this host's killed runs left behind (their process is gone); returns them.
+
+    A run killed during reconstruction cannot release its buffers, and one unit's spilled data can be tens of
+    gigabytes; the next run that spills clears them. Directories of other hosts and of live processes are kept.
+    """
+    removed = []
+    host_prefix = f"capture-{socket.gethostname()}-"
+    for directory in spill_root.glob(host_prefix + "*"):
+        pid_text = directory.name[len(host_prefix):].split("-", 1)[0]
+        if directory.is_dir() and pid_text.isdigit() and not _alive(int(pid_text)):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
 class CaptureBudget:
     """The memory the engine may hold for captured data, and the buffers it allocated.
 
@@ -197,7 +230,8 @@ class CaptureBudget:
         else:
             if self._spill_dir is None:
                 self.spill_root.mkdir(parents=True, exist_ok=True)
-                self._spill_dir = Path(tempfile.mkdtemp(prefix="capture-", dir=self.spill_root))
+                remove_stale_spills(self.spill_root)
+                self._spill_dir = Path(tempfile.mkdtemp(prefix=spill_prefix(os.getpid()), dir=self.spill_root))
             buffer = CaptureBuffer(rows, row_shape, dtype, self._spill_dir / f"{len(self._buffers)}.rows", memory_format)
             self.spilled_bytes += size
             self.peak_spilled_bytes = max(self.peak_spilled_bytes, self.spilled_bytes)

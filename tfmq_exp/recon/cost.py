@@ -245,7 +245,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--estimate", action="store_true",
                         help="also estimate the published protocols (CIFAR-10, LDM-4, SD 1.4) from the architectures")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("iters", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.samples or min(args.samples) < 1:
+        parser.error(f"--samples must be positive sizes, got {args.samples}")
+    if args.interleaved_rounds < 0 or (args.budget_mb is not None and args.budget_mb < 0):
+        parser.error("--interleaved-rounds and --budget-mb must be >= 0")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
