@@ -9,7 +9,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from tfmq_exp.config.schema import PUBLISHED_FP_PATTERNS
-from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
+from tfmq_exp.deploy.noise_calibration import noise_calibrated
+from tfmq_exp.deploy.qparams import LayerQParams
 from tfmq_exp.models.adapters import get_adapter
 from tfmq_exp.models.digits import build_digits_unet
 from tfmq_exp.quant import observing_activations, quantize_
@@ -31,10 +32,9 @@ def noise_batches(count: int = 3, batch: int = 8, seed: int = 1) -> List[Tuple[t
     return batches
 
 
-def calibrated(unet: torch.nn.Module, w_bits: int, symmetric: bool, fp_patterns=FP_PATTERNS) -> Dict[str, LayerQParams]:
-    return minmax_layer_qparams(
-        unet, noise_batches(), w_bits=w_bits, a_bits=8, fp_patterns=fp_patterns, weight_symmetric=symmetric
-    )
+def calibrated(unet: torch.nn.Module, w_bits: int, fp_patterns=FP_PATTERNS) -> Dict[str, LayerQParams]:
+    """W{w_bits}A8 parameters of the core's quantizers calibrated on :func:`noise_batches`."""
+    return noise_calibrated(unet, noise_batches(), w_bits=w_bits, a_bits=8, fp_patterns=fp_patterns)[1]
 
 
 def sqnr_db(output: torch.Tensor, reference: torch.Tensor) -> float:

@@ -15,7 +15,7 @@ from tfmq_exp.deploy.from_artifact import benchmark_artifact, load_calibrated
 from tfmq_exp.deploy.from_quantized import deployment_inputs
 from tfmq_exp.deploy.grouped_onnx import WEIGHTS_FILE, GroupedDenoiser, export_grouped_onnx
 from tfmq_exp.deploy.onnx_export import export_onnx
-from tfmq_exp.deploy.temporal import TemporalFeatureCache, tib_layout
+from tfmq_exp.deploy.temporal import cache_table, tib_layout
 from tfmq_exp.deploy.timestep_groups import timestep_groups
 from tfmq_exp.eval.sampling import sampling_timesteps
 
@@ -79,13 +79,13 @@ def test_cache_artifact_deploys_with_its_own_features_as_inputs(cached: Path, tm
     sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
     assert set(sqnr) == {"int8", "int8_ort", "int8_openvino"} and min(sqnr.values()) >= 30.0, result
     unet_q, unet_fp, _ = load_calibrated(cached)
-    cache = TemporalFeatureCache.from_quantized(unet_q, unet_fp)
+    cache = cache_table(unet_q, unet_fp)
     core = dict(unet_q.named_modules())["mid_block.resnets.0.time_emb_proj"]
-    rows = [cache.timesteps.tolist().index(t) for t in core.cached_timesteps()]
+    rows = [cache.index(t) for t in core.cached_timesteps()]
     assert torch.equal(cache.features["mid_block.resnets.0"][rows], core.dequantized().float())  # not recomputed
     float_unet, qparams = deployment_inputs(unet_q, unet_fp, removed_by_cache=tib_layout(unet_fp).layer_names)
     sample = torch.randn(2, 1, 8, 8)
-    path = export_onnx(float_unet, tmp_path / "cached.onnx", (sample, cache.timesteps[:1]), qparams, cache=cache)
+    path = export_onnx(float_unet, tmp_path / "cached.onnx", (sample, torch.tensor(cache.timesteps[:1], dtype=torch.float32)), qparams, cache=cache)
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["sample", *sorted(cache.features)]
     assert not [node.name for node in graph.node if "time_embedding" in node.name or "time_emb_proj" in node.name]

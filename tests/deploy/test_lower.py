@@ -9,7 +9,8 @@ import torch
 
 from tests.deploy.helpers import calibrated, digits_unet, example_inputs, sqnr_db
 from tfmq_exp.deploy.lower import layer_name_of, lower_to_int8
-from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
+from tfmq_exp.deploy.noise_calibration import noise_calibrated
+from tfmq_exp.deploy.qparams import LayerQParams
 from tfmq_exp.deploy.reference import FakeQuantReference
 
 QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
@@ -27,11 +28,11 @@ def _quantized_layers(graph_module: torch.fx.GraphModule) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "w_bits, symmetric, code_max", [(4, False, None), (8, True, 127), (8, True, None)], ids=["w4a8", "w8a8", "w8a8_cpu"]
+    "w_bits, code_max", [(4, None), (8, 127), (8, None)], ids=["w4a8", "w8a8", "w8a8_cpu"]
 )
-def test_converted_graph_matches_reference(w_bits: int, symmetric: bool, code_max: int | None) -> None:
+def test_converted_graph_matches_reference(w_bits: int, code_max: int | None) -> None:
     unet = digits_unet()
-    qparams = calibrated(unet, w_bits=w_bits, symmetric=symmetric)
+    qparams = calibrated(unet, w_bits=w_bits)
     sample, timestep = example_inputs()
     lowered = lower_to_int8(unet, qparams, (sample, timestep), compile=False, weight_code_max=code_max)
     reference = FakeQuantReference(unet, qparams)(sample, timestep)
@@ -48,7 +49,7 @@ def test_converted_graph_matches_reference(w_bits: int, symmetric: bool, code_ma
 def test_lowering_leaves_the_model_untouched_and_accepts_scalar_timesteps() -> None:
     unet = digits_unet()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    qparams = calibrated(unet, w_bits=4, symmetric=False)
+    qparams = calibrated(unet, w_bits=4)
     sample, _ = example_inputs()
     lowered = lower_to_int8(unet, qparams, (sample, 500), compile=False)
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
@@ -58,7 +59,7 @@ def test_lowering_leaves_the_model_untouched_and_accepts_scalar_timesteps() -> N
 
 def test_unknown_layer_fails_loudly() -> None:
     unet = digits_unet()
-    qparams = calibrated(unet, w_bits=8, symmetric=True)
+    qparams = calibrated(unet, w_bits=8)
     qparams["down_blocks.0.resnets.0.norm1"] = qparams.pop("down_blocks.0.resnets.0.conv1")
     with pytest.raises(KeyError, match="norm1"):
         lower_to_int8(unet, qparams, example_inputs(), compile=False)
@@ -79,7 +80,7 @@ class _DenoiserWithIdleLayer(torch.nn.Module):
 def test_layer_missing_from_the_graph_fails_loudly() -> None:
     model = _DenoiserWithIdleLayer().eval()
     batches = [(torch.randn(2, 1, 8, 8), torch.zeros(2))]
-    conv_params = minmax_layer_qparams(model, batches, quant_patterns=("conv",))
+    _, conv_params = noise_calibrated(model, batches, quant_patterns=("conv",), fp_patterns=())
     idle_params = LayerQParams(torch.ones(4) / 100, torch.full((4,), 128), 8, 0.01, 128, 8)
     with pytest.raises(RuntimeError, match="idle"):
         lower_to_int8(model, {**conv_params, "idle": idle_params}, batches[0], compile=False)
@@ -87,7 +88,7 @@ def test_layer_missing_from_the_graph_fails_loudly() -> None:
 
 def test_per_timestep_params_without_cache_are_rejected() -> None:
     unet = digits_unet()
-    qparams = calibrated(unet, w_bits=8, symmetric=True)
+    qparams = calibrated(unet, w_bits=8)
     params = qparams["down_blocks.0.resnets.0.time_emb_proj"]
     qparams["down_blocks.0.resnets.0.time_emb_proj"] = LayerQParams(
         params.weight_scale, params.weight_zero_point, 8, params.act_scale, params.act_zero_point, 8,
@@ -99,7 +100,7 @@ def test_per_timestep_params_without_cache_are_rejected() -> None:
 
 def test_more_than_eight_activation_bits_are_rejected() -> None:
     unet = digits_unet()
-    qparams = calibrated(unet, w_bits=8, symmetric=True)
+    qparams = calibrated(unet, w_bits=8)
     params = qparams["mid_block.resnets.0.conv1"]
     qparams["mid_block.resnets.0.conv1"] = LayerQParams(params.weight_scale, params.weight_zero_point, 8, 0.01, 100, 12)
     with pytest.raises(ValueError, match="above 8 bits"):
@@ -112,7 +113,7 @@ def test_compiled_int8_kernels_match_reference() -> None:
     from torch._inductor.utils import run_and_get_code
 
     unet = digits_unet()
-    qparams = calibrated(unet, w_bits=4, symmetric=False)
+    qparams = calibrated(unet, w_bits=4)
     sample, timestep = example_inputs()
     lowered, code = run_and_get_code(lower_to_int8, unet, qparams, (sample, timestep))
     source = "\n".join(code)

@@ -31,7 +31,7 @@ def test_nibbles_round_trip(count: int) -> None:
 @pytest.mark.parametrize("w_bits", [4, 8], ids=["w4", "w8"])
 def test_round_trip_is_exact(tmp_path: Path, w_bits: int) -> None:
     unet = digits_unet()
-    qparams = calibrated(unet, w_bits=w_bits, symmetric=False)
+    qparams = calibrated(unet, w_bits=w_bits)
     state_dict = unet.state_dict()
     path = tmp_path / "unet.safetensors"
     save_packed(pack_state_dict(state_dict, qparams, float_dtype=torch.float32), path)
@@ -57,7 +57,7 @@ def test_round_trip_is_exact(tmp_path: Path, w_bits: int) -> None:
 def test_packed_size_ratio(tmp_path: Path, w_bits: int, limit: float) -> None:
     """Every Conv2d / Linear quantized; biases, norms in float16; all bytes of both files counted."""
     unet = digits_unet()
-    qparams = calibrated(unet, w_bits=w_bits, symmetric=False, fp_patterns=())
+    qparams = calibrated(unet, w_bits=w_bits, fp_patterns=())
     path = tmp_path / "unet.safetensors"
     written = save_packed(pack_state_dict(unet.state_dict(), qparams), path)
     report = size_report(unet.state_dict(), path)
@@ -74,7 +74,7 @@ def test_foreign_file_is_rejected(tmp_path: Path) -> None:
 
 def test_per_timestep_params_survive_the_round_trip() -> None:
     unet = digits_unet()
-    qparams = calibrated(unet, w_bits=4, symmetric=False)
+    qparams = calibrated(unet, w_bits=4)
     name = "down_blocks.0.resnets.0.time_emb_proj"
     params = qparams[name]
     params.act_per_timestep = {999: (0.25, 7), 49: (0.125, 3)}

@@ -10,22 +10,23 @@ from __future__ import annotations
 from typing import Any
 
 from tfmq_exp.deploy.pack import PackedCheckpoint, load_packed, pack_state_dict, save_packed, size_report, unpack
-from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
+from tfmq_exp.deploy.qparams import LayerQParams
 from tfmq_exp.deploy.reference import FakeQuantReference
-from tfmq_exp.deploy.temporal import FeatureInputUNet, TemporalFeatureCache
+from tfmq_exp.deploy.temporal import FeatureInputUNet, cache_table, fp_feature_table, quantized_tib_table
 
 _LAZY = {"lower_to_int8", "LoweredUNet"}
 
 __all__ = [
     "FakeQuantReference",
     "FeatureInputUNet",
+    "cache_table",
+    "fp_feature_table",
+    "quantized_tib_table",
     "LayerQParams",
     "LoweredUNet",
     "PackedCheckpoint",
-    "TemporalFeatureCache",
     "load_packed",
     "lower_to_int8",
-    "minmax_layer_qparams",
     "pack_state_dict",
     "save_packed",
     "size_report",

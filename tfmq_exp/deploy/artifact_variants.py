@@ -5,10 +5,9 @@ Four kinds of artifact (:func:`artifact_kind`):
 - ``static`` (e.g. ``naive``, ``qdiffusion``): one parameter set; PT2E int8 (``int8``) and our QDQ export on ONNX
   Runtime / OpenVINO (``int8_ort`` / ``int8_openvino``).
 - ``tib_fsc`` (``tfmq``: FSC on the TIB's layers only): the TIB depends on ``t`` alone, so the artifact's own
-  quantized TIB is evaluated once per sampling timestep (:meth:`~tfmq_exp.deploy.temporal.TemporalFeatureCache.
-  from_quantized_tib`) and the rest is one static graph taking those features as inputs; the same three paths.
+  quantized TIB is evaluated once per sampling timestep (:func:`~tfmq_exp.deploy.temporal.quantized_tib_table`) and the rest is one static graph taking those features as inputs; the same three paths.
 - ``cache`` (``tfmq_cache``): the TIB is replaced by the artifact's own table of quantized temporal features
-  (:meth:`~tfmq_exp.deploy.temporal.TemporalFeatureCache.from_quantized`, the core cache's dequantized rows);
+  (:func:`~tfmq_exp.deploy.temporal.cache_table`, the core cache's dequantized rows);
   the same three paths with the TIB removed from every graph and the features fed as inputs per timestep.
 - ``per_timestep`` (``tfmq_released``, FSC on every activation quantizer): one QDQ graph per timestep group with
   shared weights (:mod:`tfmq_exp.deploy.grouped_onnx`), dispatched by timestep (``int8_ort_grouped`` /
@@ -34,7 +33,8 @@ from torch import nn
 from tfmq_exp.deploy.from_quantized import deployment_inputs
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.qparams import LayerQParams
-from tfmq_exp.deploy.temporal import TemporalFeatureCache, tib_layout
+from tfmq_exp.deploy.temporal import cache_table, quantized_tib_table, tib_layout
+from tfmq_exp.temporal.features import TemporalFeatureSet
 from tfmq_exp.deploy.timestep_groups import per_timestep_layers
 from tfmq_exp.temporal.maintenance import iter_cache_modules
 
@@ -123,9 +123,9 @@ def build_variants(
     variants = ArtifactVariants(kind=artifact_kind(unet_q, qparams, tib), unet_fp=unet_fp)
     cache = None
     if variants.kind == "cache":
-        cache = TemporalFeatureCache.from_quantized(unet_q, unet_fp)
+        cache = cache_table(unet_q, unet_fp)
     elif variants.kind == "tib_fsc":
-        cache = TemporalFeatureCache.from_quantized_tib(unet_q, timesteps, example[0].shape[1:])
+        cache = quantized_tib_table(unet_q, unet_fp, timesteps)
     if cache is not None:  # the TIB leaves every graph
         qparams = {name: params for name, params in qparams.items() if name not in set(tib)}
     variants.lowered_layers = len(qparams)
@@ -141,7 +141,7 @@ def build_variants(
 
 def _add_onnx(
     variants: ArtifactVariants, float_unet: nn.Module, qparams: Dict[str, LayerQParams], example: Batch,
-    directory: Path, cache: Optional[TemporalFeatureCache],
+    directory: Path, cache: Optional[TemporalFeatureSet],
 ) -> None:  # fmt: skip
     """Our QDQ export on ONNX Runtime and OpenVINO (one graph, or one per timestep group)."""
     from tfmq_exp.deploy.runtimes import missing_runtimes

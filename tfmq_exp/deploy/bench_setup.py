@@ -12,8 +12,9 @@ from diffusers import DDIMScheduler, UNet2DModel
 
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.onnx_variants import ONNX_VARIANTS, OnnxModels
-from tfmq_exp.deploy.qparams import LayerQParams, minmax_layer_qparams
-from tfmq_exp.deploy.temporal import TemporalFeatureCache
+from tfmq_exp.deploy.noise_calibration import noise_calibrated
+from tfmq_exp.deploy.qparams import LayerQParams
+from tfmq_exp.temporal.features import TemporalFeatureSet
 from tfmq_exp.models.architectures import ddpm_cifar10_unet
 from tfmq_exp.models.digits import build_digits_unet
 from tfmq_exp.paths import WEIGHTS_DIR
@@ -56,9 +57,10 @@ def noise_batches(unet: UNet2DModel, batches: int = 4) -> List[Tuple[torch.Tenso
 
 
 def noise_qparams(unet: UNet2DModel, fp_patterns: Sequence[str], batches: int = 4) -> Dict[str, LayerQParams]:
-    """W8A8 parameters (symmetric weights) calibrated by min/max on :func:`noise_batches`."""
-    examples = noise_batches(unet, batches)
-    return minmax_layer_qparams(unet, examples, w_bits=8, a_bits=8, fp_patterns=fp_patterns, weight_symmetric=True)
+    """W8A8 parameters of the core's quantizers calibrated on :func:`noise_batches`
+    (:func:`~tfmq_exp.deploy.noise_calibration.noise_calibrated`); the int8 graphs re-round the 8-bit asymmetric
+    weight grid to int8 codes, as they do for a calibrated W8A8 artifact (:mod:`tfmq_exp.deploy.int8_grid`)."""
+    return noise_calibrated(unet, noise_batches(unet, batches), w_bits=8, a_bits=8, fp_patterns=fp_patterns)[1]
 
 
 def ddim_scheduler(steps: int) -> DDIMScheduler:
@@ -103,7 +105,7 @@ def build_variant(
     unet: UNet2DModel,
     qparams: Dict[str, LayerQParams],
     example: Tuple[torch.Tensor, torch.Tensor],
-    cache: TemporalFeatureCache | None,
+    cache: TemporalFeatureSet | None,
     compiled_float: CompiledFloat,
     onnx_models: OnnxModels | None = None,
 ) -> Variant:

@@ -52,7 +52,7 @@ from tfmq_exp.deploy.from_artifact import sqnr_db
 from tfmq_exp.deploy.int8_grid import default_weight_code_max
 from tfmq_exp.deploy.onnx_variants import ONNX_VARIANTS, OURS, RUNTIME_OWN, OnnxModels, unavailable_variants
 from tfmq_exp.deploy.reference import FakeQuantReference
-from tfmq_exp.deploy.temporal import TemporalFeatureCache
+from tfmq_exp.deploy.temporal import fp_feature_table
 
 HEADLINE = ("cifar10", 8)
 QUICK = {"repeats": 5, "batch_sizes": [1, 8], "ddim_steps": 5, "ddim_repeats": 2}
@@ -113,7 +113,7 @@ def benchmark_model(name: str, args: argparse.Namespace) -> dict:
     shape = sample_shape(unet)
     scheduler = ddim_scheduler(args.ddim_steps)
     needs_cache = "int8_cache" in args.variants
-    cache = TemporalFeatureCache.from_unet(unet, scheduler.timesteps, shape) if needs_cache else None
+    cache = fp_feature_table(unet, scheduler.timesteps) if needs_cache else None
     compiled_float = CompiledFloat(unet)
     onnx_models = None
     if set(args.variants) & set(ONNX_VARIANTS):

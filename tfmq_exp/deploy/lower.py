@@ -14,7 +14,7 @@ norms, attention's ``softmax(QK^T)V`` (SDPA), residual adds. The quantizer's oth
 quantize tensors our fake-quant models keep in float and have no parameters here.
 
 Temporal maintenance: ``cache=None`` runs the TIB in the graph (its layers quantized with static parameters);
-with a :class:`TemporalFeatureCache` the TIB is removed (cache-based maintenance) and the TIB layers'
+with a table of temporal features (:class:`~tfmq_exp.temporal.features.TemporalFeatureSet`) the TIB is removed (cache-based maintenance) and the TIB layers'
 parameters, per-timestep (FSC) or not, are ignored. Per-timestep parameters on any layer that stays in the
 graph are not supported: a static int8 graph cannot switch scales with ``t``.
 """
@@ -41,10 +41,10 @@ from tfmq_exp.deploy.qparams import QUANTIZABLE_TYPES, LayerQParams, fake_quanti
 from tfmq_exp.deploy.temporal import (
     FeatureInputUNet,
     SampleTimestepUNet,
-    TemporalFeatureCache,
     as_float_timesteps,
     tib_layout,
 )
+from tfmq_exp.temporal.features import TemporalFeatureSet
 
 ANNOTATION_KEY = "quantization_annotation"
 LAYER_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
@@ -90,7 +90,7 @@ class _LayerInputQuantizer(X86InductorQuantizer):
 
 
 def _layers_to_lower(
-    model: nn.Module, qparams: Dict[str, LayerQParams], cache: Optional[TemporalFeatureCache]
+    model: nn.Module, qparams: Dict[str, LayerQParams], cache: Optional[TemporalFeatureSet]
 ) -> Dict[str, LayerQParams]:
     """Check ``qparams`` against the model and return those of the layers that stay in the graph."""
     modules = dict(model.named_modules())
@@ -177,7 +177,7 @@ class LoweredUNet:
         graph_module: torch.fx.GraphModule,
         runner: Callable,
         compiled: bool,
-        cache: Optional[TemporalFeatureCache],
+        cache: Optional[TemporalFeatureSet],
         layer_names: List[str],
     ) -> None:
         self.graph_module = graph_module
@@ -188,7 +188,7 @@ class LoweredUNet:
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor | float | int) -> torch.Tensor:
         timesteps = as_float_timesteps(timestep, sample.shape[0])
-        inputs = timesteps if self.cache is None else self.cache.lookup(timesteps)
+        inputs = timesteps if self.cache is None else self.cache.rows(timesteps)
         freezing = torch._inductor.config.patch(freezing=True) if self.compiled else contextlib.nullcontext()
         with torch.no_grad(), freezing:
             return self.runner(sample, inputs)
@@ -200,7 +200,7 @@ def lower_to_int8(
     qparams: Dict[str, LayerQParams],
     example_inputs: Tuple[torch.Tensor, torch.Tensor],
     compile: bool = True,
-    cache: Optional[TemporalFeatureCache] = None,
+    cache: Optional[TemporalFeatureSet] = None,
     weight_code_max: Optional[int] = None,
 ) -> LoweredUNet:
     """Lower ``unet`` to int8 with the given parameters.
@@ -230,7 +230,7 @@ def lower_to_int8(
         inputs: tuple = (sample, timesteps)
     else:
         wrapper = FeatureInputUNet(model)
-        inputs = (sample, cache.lookup(timesteps))
+        inputs = (sample, cache.rows(timesteps))
     exported = torch.export.export(wrapper.eval(), inputs).module()
     exported.graph.eliminate_dead_code(is_impure_node=_is_impure)  # the bypassed TIB, when cached
     exported.recompile()

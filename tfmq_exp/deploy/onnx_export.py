@@ -52,10 +52,10 @@ from tfmq_exp.deploy.qparams import LayerQParams, fake_quantize_weight
 from tfmq_exp.deploy.temporal import (
     FeatureArgsUNet,
     SampleTimestepUNet,
-    TemporalFeatureCache,
     as_float_timesteps,
     tib_layout,
 )
+from tfmq_exp.temporal.features import TemporalFeatureSet
 
 INPUT_NAMES = ("sample", "timesteps")
 OUTPUT_NAME = "eps"
@@ -184,7 +184,7 @@ def export_onnx(
     example_inputs: Tuple[torch.Tensor, torch.Tensor],
     qparams: Optional[Dict[str, LayerQParams]] = None,
     weight_code_max: Optional[int] = None,
-    cache: Optional[TemporalFeatureCache] = None,
+    cache: Optional[TemporalFeatureSet] = None,
 ) -> Path:
     """Export ``unet`` to ONNX, float (``qparams=None``) or QDQ int8 with our parameters; dynamic batch axis.
 
@@ -215,7 +215,7 @@ def export_onnx(
     else:
         module = FeatureArgsUNet(model, sorted(cache.features))
         input_names = [INPUT_NAMES[0], *module.names]
-        inputs = (sample, *module.arguments(cache.lookup(timesteps)))
+        inputs = (sample, *module.arguments(cache.rows(timesteps)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch_axis = {0: "batch"}

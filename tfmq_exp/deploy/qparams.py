@@ -9,21 +9,18 @@ Weights: per output channel ``s_c, z_c`` (a symmetric quantizer is the case ``z_
 Activations: per tensor, on the input of the layer. FSC (DESIGN 1.4) may give a layer per-timestep activation
 parameters ``(s_t, z_t)``; they are kept in ``act_per_timestep``.
 
-:func:`minmax_layer_qparams` calibrates such parameters from min/max statistics (used by the speed benchmark
-and the tests, which calibrate on noise).
+They come from the core's quantizers: a calibrated run's (:mod:`tfmq_exp.deploy.from_quantized`) or, for a model
+without one, the core's quantizers calibrated on noise (:mod:`tfmq_exp.deploy.noise_calibration`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from tfmq_exp.quant.api import matches_patterns
-from tfmq_exp.quant.quantizer import MIN_SCALE, range_to_qparams
-from tfmq_exp.quant.weight_range import minmax_range
 
 QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
 W_BITS_RANGE = (2, 8)
@@ -139,87 +136,3 @@ def fake_quantize_activation(x: torch.Tensor, scale: float, zero_point: int, bit
     """
     codes = torch.clamp(torch.round(x * (1.0 / scale)) + zero_point, 0, 2**bits - 1)
     return (codes - zero_point) * scale
-
-
-def select_layers(
-    model: nn.Module, quant_patterns: Sequence[str] = ("*",), fp_patterns: Sequence[str] = ()
-) -> List[str]:
-    """Names of Conv2d / Linear modules the core's selection rule picks (:func:`~tfmq_exp.quant.api.matches_patterns`)."""
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, QUANTIZABLE_TYPES) and matches_patterns(name, quant_patterns, fp_patterns)
-    ]
-
-
-def _weight_params(weight: torch.Tensor, bits: int, symmetric: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    w_min, w_max = minmax_range(weight)  # per output channel, as the core's weight quantizers
-    if symmetric:  # the benchmark's option (the core's quantizers are asymmetric): the range made symmetric
-        # z = 2^(b-1): codes minus z span [-(2^(b-1) - 1), 2^(b-1) - 1] around zero.
-        half = 2 ** (bits - 1)
-        scale = torch.clamp(torch.maximum(-w_min, w_max) / (half - 1), min=MIN_SCALE)
-        return scale, torch.full_like(scale, half)
-    return range_to_qparams(w_min, w_max, bits)
-
-
-@torch.no_grad()
-def minmax_layer_qparams(
-    model: nn.Module,
-    example_batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
-    w_bits: int = 8,
-    a_bits: int = 8,
-    quant_patterns: Sequence[str] = ("*",),
-    fp_patterns: Sequence[str] = (),
-    weight_symmetric: bool = False,
-) -> Dict[str, LayerQParams]:
-    """Min/max calibration of every selected Conv2d / Linear layer.
-
-    Weights: per-channel min/max (asymmetric) or max-abs (``weight_symmetric``). Activations: the min and max
-    of each layer's input over all ``example_batches`` (forward pre-hooks, removed afterwards).
-
-    Args:
-        model: a denoiser called as ``model(sample, timestep)`` (e.g. a diffusers ``UNet2DModel``).
-        example_batches: ``(sample, timestep)`` pairs; pass float timesteps.
-        w_bits / a_bits: bit-widths of the returned parameters.
-        quant_patterns / fp_patterns: layer selection, as in ``ModelConfig`` (fnmatch on module names).
-        weight_symmetric: symmetric weights (``z_c = 2^(w_bits-1)``) instead of asymmetric ones.
-
-    Returns:
-        ``{module name: LayerQParams}`` for every selected layer.
-    """
-    names = select_layers(model, quant_patterns, fp_patterns)
-    modules = dict(model.named_modules())
-    lows: Dict[str, torch.Tensor] = {}
-    highs: Dict[str, torch.Tensor] = {}
-
-    def make_hook(name: str):
-        def hook(_module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach().float()
-            lows[name] = torch.minimum(lows[name], x.min()) if name in lows else x.min()
-            highs[name] = torch.maximum(highs[name], x.max()) if name in highs else x.max()
-
-        return hook
-
-    handles = [modules[name].register_forward_pre_hook(make_hook(name)) for name in names]
-    try:
-        for sample, timestep in example_batches:
-            model(sample, timestep)
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = [name for name in names if name not in lows]
-    if missing:
-        raise RuntimeError(f"these layers never ran during calibration: {missing}")
-    result: Dict[str, LayerQParams] = {}
-    for name in names:
-        weight_scale, weight_zero_point = _weight_params(modules[name].weight, w_bits, weight_symmetric)
-        act_scale, act_zero_point = range_to_qparams(lows[name], highs[name], a_bits)
-        result[name] = LayerQParams(
-            weight_scale=weight_scale,
-            weight_zero_point=weight_zero_point,
-            w_bits=w_bits,
-            act_scale=float(act_scale),
-            act_zero_point=int(act_zero_point),
-            a_bits=a_bits,
-        )
-    return result

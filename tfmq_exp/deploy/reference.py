@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from tfmq_exp.deploy.qparams import LayerQParams, fake_quantize_activation, fake_quantize_weight
-from tfmq_exp.deploy.temporal import FeatureInputUNet, TemporalFeatureCache, as_float_timesteps, tib_layout
+from tfmq_exp.deploy.temporal import FeatureInputUNet, as_float_timesteps, tib_layout
+from tfmq_exp.temporal.features import TemporalFeatureSet
 
 
 class FakeQuantReference(nn.Module):
@@ -28,7 +29,7 @@ class FakeQuantReference(nn.Module):
     """
 
     def __init__(
-        self, unet: nn.Module, qparams: Dict[str, LayerQParams], cache: Optional[TemporalFeatureCache] = None
+        self, unet: nn.Module, qparams: Dict[str, LayerQParams], cache: Optional[TemporalFeatureSet] = None
     ) -> None:
         super().__init__()
         model = copy.deepcopy(unet).eval().float()
@@ -57,5 +58,5 @@ class FakeQuantReference(nn.Module):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int) -> torch.Tensor:
         timesteps = as_float_timesteps(timestep, sample.shape[0])
         if self.cache is not None:
-            return self.model(sample, self.cache.lookup(timesteps))
+            return self.model(sample, self.cache.rows(timesteps))
         return self.model(sample, timesteps).sample

@@ -21,7 +21,8 @@ import torch
 
 from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, default_weight_code_max
 from tfmq_exp.deploy.onnx_export import INPUT_NAMES
-from tfmq_exp.deploy.temporal import TemporalFeatureCache, as_float_timesteps
+from tfmq_exp.deploy.temporal import as_float_timesteps
+from tfmq_exp.temporal.features import TemporalFeatureSet
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Feeds = Callable[[torch.Tensor, torch.Tensor], Dict[str, np.ndarray]]
@@ -41,11 +42,11 @@ def _feeds(sample: torch.Tensor, timestep: torch.Tensor | float | int) -> Dict[s
     return dict(zip(INPUT_NAMES, (sample.detach().float().numpy(), timesteps.numpy())))
 
 
-def cache_feeds(cache: TemporalFeatureCache) -> Feeds:
+def cache_feeds(cache: TemporalFeatureSet) -> Feeds:
     """Feeds of a graph exported with a temporal-feature cache: ``sample`` and the features of the timesteps."""
 
     def feeds(sample: torch.Tensor, timestep: torch.Tensor | float | int) -> Dict[str, np.ndarray]:
-        features = cache.lookup(as_float_timesteps(timestep, sample.shape[0]))
+        features = cache.rows(as_float_timesteps(timestep, sample.shape[0]))
         return {INPUT_NAMES[0]: sample.detach().float().numpy(),
                 **{name: value.contiguous().numpy() for name, value in features.items()}}
 

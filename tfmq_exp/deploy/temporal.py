@@ -1,8 +1,10 @@
 """Cache-based temporal maintenance for deployment (DESIGN 1.5): the temporal features become graph inputs.
 
 The TIB maps ``t`` to one feature per ResNet block, ``e_i(t) = time_emb_proj_i(act(h(t)))`` (DESIGN 1.4).
-For a fixed sampler the timesteps form a finite set, so :class:`TemporalFeatureCache` computes every
-``e_i(t)`` once with the full-precision TIB (optionally quantized per ``(t, i)``), and
+For a fixed sampler the timesteps form a finite set, so the core's
+:class:`~tfmq_exp.temporal.features.TemporalFeatureSet` holds every ``e_i(t)`` (:func:`fp_feature_table`: the
+full-precision TIB, optionally quantized per ``(t, i)``; :func:`quantized_tib_table`: an artifact's quantized
+TIB; :func:`cache_table`: an artifact's cache tables), its ``rows`` looks a batch up, and
 :class:`FeatureInputUNet` runs the UNet with the TIB bypassed: a forward hook on each ``time_emb_proj``
 returns the supplied feature instead of the layer's output. The exported graph then takes
 ``(sample, {feature name: e_i})`` and contains no TIB computation (its nodes are dead and removed).
@@ -22,10 +24,14 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from tfmq_exp.errors import CacheMismatchError
 from tfmq_exp.models.adapters import get_adapter
-from tfmq_exp.temporal.feature_cache import dequantize_rows, quantize_rows, row_bytes
-
+from tfmq_exp.quant import TimestepContext, timestep_context_of
+from tfmq_exp.temporal.feature_cache import CachedTemporalFeature, quantized_feature_set
+from tfmq_exp.temporal.features import (
+    TemporalFeatureSet,
+    collect_quantized_temporal_features,
+    collect_temporal_features,
+)
 
 
 @dataclass(frozen=True)
@@ -146,133 +152,54 @@ class FeatureArgsUNet(nn.Module):
         return self.inner(sample, dict(zip(self.names, features)))
 
 
-@dataclass
-class TemporalFeatureCache:
-    """Temporal features ``e_i(t)`` for one sampler's timestep set (DESIGN 1.5).
+def fp_feature_table(
+    unet: nn.Module, timesteps: Sequence[int] | torch.Tensor, bits: Optional[int] = None
+) -> TemporalFeatureSet:
+    """Every ``e_i(t)`` of ``unet``'s full-precision TIB at the sampler's ``timesteps`` (the core's collection).
 
-    Attributes:
-        timesteps: ``[T]`` int64, the cached timesteps.
-        features: feature name -> ``[T, C_i]`` float32 (already dequantized when ``bits`` is set).
-        bits: bits of the per-``(t, i)`` quantization applied to the features, or ``None`` (full precision).
+    Args:
+        unet: the denoiser.
+        timesteps: the sampler's timesteps.
+        bits: store each ``e_i(t)`` as the core cache does (per-``(t, i)`` min/max, DESIGN 1.5); ``None`` keeps fp32.
     """
+    tib_layout(unet)  # cache-based deployment applies (features of t alone)
+    features = collect_temporal_features(get_adapter(unet), [int(t) for t in torch.as_tensor(timesteps).flatten()])
+    return features if bits is None else quantized_feature_set(features, bits)
 
-    timesteps: torch.Tensor
-    features: Dict[str, torch.Tensor]
-    bits: Optional[int] = None
 
-    def __post_init__(self) -> None:
-        self.timesteps = torch.as_tensor(self.timesteps).to(torch.int64).reshape(-1)
-        for name, values in self.features.items():
-            if values.dim() != 2 or values.shape[0] != self.timesteps.numel():
-                raise ValueError(f"feature {name} must be [T={self.timesteps.numel()}, C], got {tuple(values.shape)}")
+def quantized_tib_table(unet_q: nn.Module, unet_fp: nn.Module, timesteps: Sequence[int]) -> TemporalFeatureSet:
+    """The temporal features a TIB-maintained quantized UNet computes, one timestep at a time.
 
-    @classmethod
-    @torch.no_grad()
-    def from_unet(
-        cls,
-        unet: nn.Module,
-        timesteps: Sequence[int] | torch.Tensor,
-        sample_shape: Sequence[int],
-        bits: Optional[int] = None,
-    ) -> "TemporalFeatureCache":
-        """Compute every ``e_i(t)`` with ``unet``'s (full-precision) TIB.
+    ``e_i(t)`` depends on ``t`` alone, so evaluating the quantized TIB (its per-timestep FSC parameters selected
+    through the model's timestep context) once per sampling timestep gives exactly the features the fake-quant
+    model uses; the deployed graph then takes them as inputs and holds no per-timestep parameter. Nothing is
+    calibrated: the artifact's own TIB is run.
+    """
+    tib_layout(unet_fp)
+    context = timestep_context_of(unet_q) or TimestepContext()
+    return collect_quantized_temporal_features(get_adapter(unet_q), context, [int(t) for t in timesteps])
 
-        Args:
-            unet: the denoiser; the features are read from its ``time_emb_proj`` outputs (forward hooks).
-            timesteps: the sampler's timesteps.
-            sample_shape: ``(C, H, W)`` of one sample (only used to run a forward pass).
-            bits: quantize each ``e_i(t)`` to ``bits`` (asymmetric min/max per ``(t, i)``); ``None`` keeps fp32.
-        """
-        layout = tib_layout(unet)
-        timesteps = torch.as_tensor(timesteps).to(torch.int64).reshape(-1)
-        captured: Dict[str, torch.Tensor] = {}
 
-        def make_hook(feature: str):
-            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-                captured[feature] = output.detach().float()
+def cache_table(unet_q: nn.Module, unet_fp: nn.Module) -> TemporalFeatureSet:
+    """The table a cache-maintained quantized UNet holds: the core cache modules' dequantized rows.
 
-            return hook
+    Nothing is recomputed: each ``time_emb_proj`` of ``unet_q`` must be a core
+    :class:`~tfmq_exp.temporal.feature_cache.CachedTemporalFeature` (``method.maintenance=cache``) serving every
+    timestep itself, without the TIB as fallback.
 
-        handles = [
-            unet.get_submodule(projection).register_forward_hook(make_hook(feature))
-            for feature, projection in layout.projections.items()
-        ]
-        try:
-            sample = torch.zeros(timesteps.numel(), *sample_shape)
-            unet(sample, timesteps.to(torch.float32))
-        finally:
-            for handle in handles:
-                handle.remove()
-        if bits is not None:  # the core cache's per-(t, i) quantization, bit for bit
-            captured = {name: dequantize_rows(*quantize_rows(values, bits)) for name, values in captured.items()}
-        return cls(timesteps=timesteps, features=captured, bits=bits)
-
-    @classmethod
-    @torch.no_grad()
-    def from_quantized_tib(
-        cls, unet_q: nn.Module, timesteps: Sequence[int], sample_shape: Sequence[int]
-    ) -> "TemporalFeatureCache":
-        """The temporal features a TIB-maintained quantized UNet computes, one timestep at a time.
-
-        ``e_i(t)`` depends on ``t`` alone, so evaluating the quantized TIB (its per-timestep FSC parameters
-        selected through the model's timestep context) once per sampling timestep gives exactly the features the
-        fake-quant model uses; the deployed graph then takes them as inputs and holds no per-timestep parameter.
-        Nothing is calibrated: the artifact's own TIB is run.
-        """
-        parts = [cls.from_unet(unet_q, [int(t)], sample_shape) for t in timesteps]
-        features = {name: torch.cat([part.features[name] for part in parts]) for name in parts[0].features}
-        return cls(timesteps=torch.tensor([int(t) for t in timesteps]), features=features)
-
-    @classmethod
-    def from_quantized(cls, unet_q: nn.Module, unet_fp: nn.Module) -> "TemporalFeatureCache":
-        """The cache a cache-maintained quantized UNet holds: the core cache modules' dequantized rows.
-
-        Nothing is recomputed: each ``time_emb_proj`` of ``unet_q`` must be a core
-        :class:`~tfmq_exp.temporal.feature_cache.CachedTemporalFeature` (``method.maintenance=cache``) serving every
-        timestep itself, without the TIB as fallback.
-
-        Raises:
-            ValueError: a projection is not such a table, or the tables hold different timesteps.
-        """
-        from tfmq_exp.temporal.feature_cache import CachedTemporalFeature
-
-        features: Dict[str, torch.Tensor] = {}
-        timesteps: Optional[List[int]] = None
-        bits = set()
-        for feature, projection in tib_layout(unet_fp).projections.items():
-            module = unet_q.get_submodule(projection)
-            if not isinstance(module, CachedTemporalFeature) or module.fallback is not None:
-                raise ValueError(f"{projection} is not a temporal-feature cache table without TIB fallback "
-                                 "(method.maintenance=cache, method.cache_fallback=false)")
-            order = module.cached_timesteps()
-            timesteps = order if timesteps is None else timesteps
-            if sorted(order) != sorted(timesteps):
-                raise ValueError(f"{projection} caches other timesteps than the other tables")
-            features[feature] = module.dequantized()[[order.index(t) for t in timesteps]].detach().float().cpu()
-            bits.add(module.bits)
-        return cls(timesteps=torch.tensor(timesteps), features=features, bits=bits.pop() if len(bits) == 1 else None)
-
-    def lookup(self, timesteps: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Features for a batch of timesteps: ``{name: [B, C_i]}``.
-
-        Raises:
-            CacheMismatchError: a timestep is not in the cache (the cache belongs to one sampler).
-        """
-        timesteps = torch.as_tensor(timesteps).reshape(-1)
-        matches = torch.isclose(timesteps.double()[:, None], self.timesteps.double()[None, :], rtol=0, atol=1e-4)
-        found = matches.any(dim=1)
-        if not bool(found.all()):
-            unknown = sorted({float(t) for t in timesteps[~found]})
-            raise CacheMismatchError(
-                f"timesteps {unknown} are not in the temporal-feature cache (it holds {self.timesteps.numel()} "
-                "timesteps of one sampler); rebuild the cache for this sampler"
-            )
-        index = matches.to(torch.int64).argmax(dim=1)
-        return {name: values[index] for name, values in self.features.items()}
-
-    def nbytes(self) -> int:
-        """Storage bytes, as the core cache counts them (:func:`~tfmq_exp.temporal.feature_cache.row_bytes`);
-        without ``bits``, 4 bytes (float32) per value."""
-        if self.bits is None:
-            return sum(values.numel() * 4 for values in self.features.values())
-        return sum(values.shape[0] * row_bytes(values.shape[1], self.bits) for values in self.features.values())
+    Raises:
+        ValueError: a projection is not such a table, or the tables hold different timesteps.
+    """
+    features: Dict[str, torch.Tensor] = {}
+    timesteps: Optional[List[int]] = None
+    for feature, projection in tib_layout(unet_fp).projections.items():
+        module = unet_q.get_submodule(projection)
+        if not isinstance(module, CachedTemporalFeature) or module.fallback is not None:
+            raise ValueError(f"{projection} is not a temporal-feature cache table without TIB fallback "
+                             "(method.maintenance=cache, method.cache_fallback=false)")
+        order = module.cached_timesteps()
+        timesteps = order if timesteps is None else timesteps
+        if sorted(order) != sorted(timesteps):
+            raise ValueError(f"{projection} caches other timesteps than the other tables")
+        features[feature] = module.dequantized()[[order.index(t) for t in timesteps]].detach().float().cpu()
+    return TemporalFeatureSet(list(timesteps or []), features)

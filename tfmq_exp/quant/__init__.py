@@ -20,6 +20,7 @@ from tfmq_exp.quant.api import (
     set_quant_state,
     set_soft_rounding,
     set_timestep_context,
+    timestep_context_of,
 )
 from tfmq_exp.quant.artifact import ArtifactError, LoadedArtifact, load_artifact, save_artifact
 from tfmq_exp.quant.attention import QuantAttnProcessor
@@ -70,6 +71,7 @@ __all__ = [
     "set_quant_state",
     "set_soft_rounding",
     "set_timestep_context",
+    "timestep_context_of",
     "shrink_search",
     "timestep_value",
 ]

@@ -49,6 +49,7 @@ __all__ = [
     "set_quant_state",
     "set_soft_rounding",
     "set_timestep_context",
+    "timestep_context_of",
 ]
 
 
@@ -271,6 +272,15 @@ def enable_per_timestep(
                 quantizer.enable_per_timestep(timesteps, context, range_method)
                 count += 1
     return count
+
+
+def timestep_context_of(model: nn.Module) -> Optional[TimestepContext]:
+    """The context the per-timestep (FSC) quantizers of ``model`` read, or ``None`` when none has per-timestep
+    parameters."""
+    contexts = {id(q.context): q.context for _, q in iter_act_quantizers(model) if q.per_timestep and q.context}
+    if len(contexts) > 1:
+        raise ValueError(f"the per-timestep quantizers of this model read {len(contexts)} different timestep contexts")
+    return next(iter(contexts.values()), None)
 
 
 def set_timestep_context(model: nn.Module, context: TimestepContext) -> int:

@@ -30,9 +30,9 @@ from tfmq_exp.errors import UserError
 from tfmq_exp.models.adapters import TIBSpec, UNetAdapter, get_adapter
 from tfmq_exp.quant.context import TimestepContext
 from tfmq_exp.stage_results import FeatureSelection
-from tfmq_exp.temporal.feature_cache import dequantize_rows, quantize_rows, row_bytes
+from tfmq_exp.temporal.feature_cache import quantized_feature_set, row_bytes
 from tfmq_exp.temporal.diagnostics import temporal_feature_errors
-from tfmq_exp.temporal.features import TemporalFeatureSet, collect_temporal_features
+from tfmq_exp.temporal.features import collect_quantized_temporal_features, collect_temporal_features
 
 OPTIONS = ("tib", "cache")
 METRIC_KEYS = ("feature_mse", "feature_rel_mse", "feature_cos_distance", "block_output_mse", "block_output_rel_mse")
@@ -52,16 +52,6 @@ class Disturbance:
     channels: Dict[str, int]
     errors: Dict[str, Dict[str, Dict[str, Tensor]]]
     probe_timestep: int
-
-
-def _tib_option(adapter_q: UNetAdapter, context: TimestepContext, timesteps: List[int]) -> TemporalFeatureSet:
-    """``e_hat_i(t)`` of the quantized TIB, one timestep at a time so FSC selects ``(s_t, z_t)``."""
-    rows: Dict[str, List[Tensor]] = {}
-    for t in timesteps:
-        with context.at(t):
-            for name, value in adapter_q.temporal_features([t]).items():
-                rows.setdefault(name, []).append(value[0].detach().float().cpu())
-    return TemporalFeatureSet(timesteps, {name: torch.stack(values) for name, values in rows.items()})
 
 
 def _block_inputs(unet_fp: nn.Module, adapter: UNetAdapter, tib: TIBSpec, timestep: int) -> Dict[str, Tensor]:
@@ -123,11 +113,8 @@ def measure_disturbance(
     tib = adapter_fp.tib()
     require_t_only(tib)
     reference = collect_temporal_features(adapter_fp, timesteps)
-    quantized = _tib_option(get_adapter(unet_q), context, timesteps)
-    cached = TemporalFeatureSet(
-        timesteps, {name: dequantize_rows(*quantize_rows(reference[name], bits)) for name in reference.names}
-    )
-    options = {"tib": quantized, "cache": cached}
+    quantized = collect_quantized_temporal_features(get_adapter(unet_q), context, timesteps)
+    options = {"tib": quantized, "cache": quantized_feature_set(reference, bits)}
     probe_timestep = timesteps[len(timesteps) // 2]
     probes = _block_inputs(unet_fp, adapter_fp, tib, probe_timestep)
     errors: Dict[str, Dict[str, Dict[str, Tensor]]] = {name: {} for name in reference.names}

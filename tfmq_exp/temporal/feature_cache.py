@@ -25,7 +25,7 @@ so artifacts rebuild them. Model-level helpers (find, check, attach a context) a
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,9 @@ from tfmq_exp.errors import CacheMismatchError
 from tfmq_exp.quant.context import TimestepContext
 from tfmq_exp.quant.layout import iter_act_quantizers, register_map_module
 from tfmq_exp.quant.quantizer import range_to_qparams, validate_bits
+
+if TYPE_CHECKING:  # features.py imports this module's users; a runtime import would be circular
+    from tfmq_exp.temporal.features import TemporalFeatureSet
 
 CACHE_BITS_RANGE = (2, 16)
 PARAM_BYTES_PER_ROW = 8  # s_{t,i} and z_{t,i}, stored as float32 each
@@ -331,7 +334,13 @@ def quantization_bound(features: "TemporalFeatureSet", bits: int) -> float:
     reference line for cache-based maintenance (DESIGN 1.5).
     """
     from tfmq_exp.temporal.diagnostics import temporal_feature_errors
+
+    return temporal_feature_errors(features, quantized_feature_set(features, bits)).rel_mse_mean
+
+
+def quantized_feature_set(features: "TemporalFeatureSet", bits: int) -> "TemporalFeatureSet":
+    """``e_hat_i(t)``: every row of every table quantized as the cache stores it (:func:`quantize_rows`), dequantized."""
     from tfmq_exp.temporal.features import TemporalFeatureSet
 
     quantized = {name: dequantize_rows(*quantize_rows(features[name], bits)) for name in features.names}
-    return temporal_feature_errors(features, TemporalFeatureSet(list(features.timesteps), quantized)).rel_mse_mean
+    return TemporalFeatureSet(list(features.timesteps), quantized)

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tfmq_exp.errors import CacheMismatchError
 from tfmq_exp.models.adapters import UNetAdapter
+from tfmq_exp.quant.context import TimestepContext
 
 Number = int | float
 
@@ -66,6 +68,22 @@ class TemporalFeatureSet:
             return self.timesteps.index(value)
         except ValueError:
             raise KeyError(f"timestep {value} is not in this feature set ({len(self)} timesteps)") from None
+
+    def rows(self, timesteps: Tensor | Sequence[Number]) -> dict[str, Tensor]:
+        """Features of a batch of timesteps: ``{name: [B, C_i]}`` (the lookup of cache-based maintenance).
+
+        Raises:
+            CacheMismatchError: a timestep is not in the set (the table belongs to one sampler).
+        """
+        wanted = _timestep_list(timesteps)
+        unknown = sorted({t for t in wanted if t not in self.timesteps})
+        if unknown:
+            raise CacheMismatchError(
+                f"timesteps {unknown} are not in the temporal-feature table (it holds {len(self)} timesteps of one "
+                "sampler); rebuild it for this sampler"
+            )
+        index = torch.tensor([self.timesteps.index(t) for t in wanted], dtype=torch.long)
+        return {name: values[index] for name, values in self.features.items()}
 
     def select(self, timesteps: Sequence[Number]) -> TemporalFeatureSet:
         """The subset at ``timesteps``, in that order."""
@@ -142,3 +160,25 @@ def collect_temporal_features(
         for name, tensor in part.items():
             chunks.setdefault(name, []).append(tensor.detach().cpu())
     return TemporalFeatureSet(_timestep_list(steps), {name: torch.cat(parts) for name, parts in chunks.items()})
+
+
+@torch.no_grad()
+def collect_quantized_temporal_features(
+    adapter_q: UNetAdapter, context: TimestepContext, timesteps: Sequence[int]
+) -> TemporalFeatureSet:
+    """``e_hat_i(t)`` of a quantized TIB, one timestep at a time so that FSC selects ``(s_t, z_t)`` (DESIGN 1.4).
+
+    Args:
+        adapter_q: the quantized UNet's adapter.
+        context: the timestep context its per-timestep quantizers read (set to each ``t`` in turn).
+        timesteps: the sampler's timesteps.
+
+    Returns:
+        The features on the CPU in float32, one row per timestep.
+    """
+    rows: dict[str, list[Tensor]] = {}
+    for t in timesteps:
+        with context.at(t):
+            for name, value in adapter_q.temporal_features([t]).items():
+                rows.setdefault(name, []).append(value[0].detach().float().cpu())
+    return TemporalFeatureSet(list(timesteps), {name: torch.stack(values) for name, values in rows.items()})
