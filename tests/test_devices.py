@@ -46,3 +46,13 @@ def test_cuda_and_cpu_give_close_numbers(tmp_path: Path) -> None:
     cpu = run_cli(tmp_path / "cpu", tmp_path / "cache_cpu", "method=tfmq", *TINY_QUANT)
     cuda = run_cli(tmp_path / "cuda", tmp_path / "cache_cuda", "method=tfmq", *TINY_QUANT, "runtime.device=cuda")
     assert cuda["temporal"]["rel_mse_mean"] == pytest.approx(cpu["temporal"]["rel_mse_mean"], rel=0.2)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_the_fp_reference_samples_in_float16_on_cuda(tmp_path: Path) -> None:
+    fp32 = run_cli(tmp_path / "fp32", tmp_path / "cache", "method=tfmq", *TINY_QUANT, "runtime.device=cuda")
+    fp16 = run_cli(tmp_path / "fp16", tmp_path / "cache", "method=tfmq", *TINY_QUANT, "runtime.device=cuda",
+                   "eval.fp_dtype=float16")
+    assert not fp16["fp_reference_cached"]  # its own reference, not the float32 one
+    assert fp16["metrics"]["fid_fp"] == pytest.approx(fp32["metrics"]["fid_fp"], rel=0.2)

@@ -18,6 +18,7 @@ from torch import nn
 from tfmq_exp.errors import UserError
 
 DEVICES = ("cpu", "cuda", "auto")
+FP_DTYPES = {"float32": "32-true", "bfloat16": "bf16-mixed", "float16": "16-mixed"}  # -> Lightning precision
 
 
 def resolve_device(device: str) -> str:
@@ -29,6 +30,23 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("runtime.device=cuda, but PyTorch sees no CUDA device; use runtime.device=cpu or auto")
     return device
+
+
+def sampling_precision(fp_dtype: str, device: str) -> str:
+    """Lightning's ``precision`` for sampling with the full-precision model in ``fp_dtype`` on a resolved device.
+
+    ``bfloat16`` / ``float16`` are Lightning's mixed precision (``torch.autocast`` around each predict step: the
+    convolutions and matmuls run in half precision, the weights and the sampler's arithmetic stay in fp32).
+
+    Raises:
+        UserError: ``float16`` on the CPU, where Lightning would silently run ``bfloat16`` instead.
+    """
+    if fp_dtype not in FP_DTYPES:
+        raise UserError(f"eval.fp_dtype={fp_dtype!r} is not valid; choose one of: {', '.join(FP_DTYPES)}")
+    if fp_dtype == "float16" and device == "cpu":
+        raise UserError("eval.fp_dtype=float16 needs runtime.device=cuda (fp16 autocast runs on GPUs only); "
+                        "use eval.fp_dtype=bfloat16 on the CPU")
+    return FP_DTYPES[fp_dtype]
 
 
 def peak_memory() -> dict[str, float]:

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from tfmq_exp.config.schema import Config
-from tfmq_exp.devices import peak_memory, resolve_device
+from tfmq_exp.devices import peak_memory, resolve_device, sampling_precision
 from torch import nn
 
 from tfmq_exp.eval.protocol import Evaluation, evaluate, real_images
@@ -64,6 +64,7 @@ def run_pipeline(cfg: DictConfig, config: Config, run_dir: Path | None = None) -
     run_dir.mkdir(parents=True, exist_ok=True)
     # the one place ``runtime.device`` is resolved: every stage gets ``cpu`` or ``cuda``
     runtime = dataclasses.replace(config.runtime, device=resolve_device(config.runtime.device))
+    sampling_precision(config.eval.fp_dtype, runtime.device)  # a bad eval.fp_dtype fails before any work
     config = dataclasses.replace(config, runtime=runtime)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(config.seed, workers=True, verbose=False)

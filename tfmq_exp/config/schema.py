@@ -384,6 +384,9 @@ class EvalConfig:
             text-to-image runs; ``null`` skips the CLIP score.
         prompts: text-to-image evaluation prompts, one per line (``null``: the shipped smoke set); sample ``i``
             uses line ``i mod lines``.
+        fp_dtype: precision of the full-precision reference's sampling: ``float32``, or ``bfloat16`` / ``float16``
+            mixed precision (:func:`~tfmq_exp.devices.sampling_precision`; ``float16`` on CUDA only). Quantized
+            models always sample in float32 (the quantization simulation is fp32).
     """
 
     num_samples: int = 1000
@@ -398,8 +401,10 @@ class EvalConfig:
     inception_weights: Optional[str] = None
     clip_model: Optional[str] = None
     prompts: Optional[str] = None
+    fp_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        _check_choice("eval.fp_dtype", self.fp_dtype, ("float32", "bfloat16", "float16"))
         _check_range("eval.num_samples", self.num_samples, (2, 10_000_000))
         _check_range("eval.batch_size", self.batch_size, (1, 1_000_000))
         for metric in self.metrics:

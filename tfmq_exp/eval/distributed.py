@@ -57,20 +57,30 @@ class BatchWriter(BasePredictionWriter):
 
 
 def predict_on_devices(
-    module: L.LightningModule, count: int, batch_size: int, device: str, devices: int, progress: bool, result_type: type
+    module: L.LightningModule,
+    count: int,
+    batch_size: int,
+    device: str,
+    devices: int,
+    progress: bool,
+    result_type: type,
+    precision: str = "32-true",
 ) -> list[Any]:
-    """Run ``module``'s predict loop over ``count`` sample indices on ``devices`` x ``device``.
+    """Run ``module``'s predict loop over ``count`` sample indices on ``devices`` x ``device`` at Lightning's
+    ``precision``.
 
     Returns:
         The predicted batches (``result_type`` instances) in index order, as one device would return them.
     """
     loader = index_loader(count, batch_size)
     if devices == 1:
-        batches = make_trainer(device, progress).predict(module, loader)
+        batches = make_trainer(device, progress, precision=precision).predict(module, loader)
         assert batches is not None
         return list(batches)
     with tempfile.TemporaryDirectory(prefix="tfmq-predict-") as directory:
-        trainer = make_trainer(device, progress, devices=devices, callbacks=[BatchWriter(Path(directory))])
+        trainer = make_trainer(
+            device, progress, devices=devices, callbacks=[BatchWriter(Path(directory))], precision=precision
+        )
         trainer.predict(module, loader, return_predictions=False)
         files = sorted(Path(directory).glob("*.pt"))
         if len(files) != len(loader):

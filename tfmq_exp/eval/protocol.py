@@ -45,6 +45,8 @@ def protocol_payload(config: Config, weights_id: str, conditions: dict[str, Any]
         "prc_neighborhood": config.eval.prc_neighborhood,
         "trajectory_samples": config.eval.trajectory_samples,
     }
+    if config.eval.fp_dtype != "float32":  # only then, so that float32 references keep their keys
+        payload["fp_dtype"] = config.eval.fp_dtype
     if conditions:
         payload["conditions"] = conditions
     if config.model.domain == "rgb":
@@ -113,13 +115,19 @@ class Evaluation:
 
 
 def evaluate(
-    unet: torch.nn.Module, config: Config, real: Any, parts: Optional[GenerationParts] = None
+    unet: torch.nn.Module,
+    config: Config,
+    real: Any,
+    parts: Optional[GenerationParts] = None,
+    precision: str = "32-true",
 ) -> Evaluation:
     """Generate ``eval.num_samples`` images with ``unet`` and score them against ``real``.
 
     Args:
         parts: the family's evaluation parts (:func:`~tfmq_exp.eval.families.generation_parts`); ``None`` for an
             unconditional pixel model.
+        precision: Lightning's precision of the sampling loops (:func:`~tfmq_exp.devices.sampling_precision`);
+            the metrics always run in float32.
     """
     samples = generate(
         unet,
@@ -132,17 +140,18 @@ def evaluate(
         devices=config.runtime.devices,
         progress=config.runtime.progress,
         parts=parts,
+        precision=precision,
     )
     images = to_uint8(samples.images)
     metrics = score(images, samples.indices, config, real, parts)
     metrics["num_samples"] = config.eval.num_samples
     metrics["seed_set"] = config.eval.seed_set
-    trajectory, conditioning = record_trajectory(unet, config, parts)
+    trajectory, conditioning = record_trajectory(unet, config, parts, precision)
     return Evaluation(images=images, metrics=metrics, trajectory=trajectory, trajectory_conditioning=conditioning)
 
 
 def record_trajectory(
-    unet: torch.nn.Module, config: Config, parts: Optional[GenerationParts] = None
+    unet: torch.nn.Module, config: Config, parts: Optional[GenerationParts] = None, precision: str = "32-true"
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The UNet's ``x_t`` at every step (then ``x_0``) and its conditioning, for the first
     ``eval.trajectory_samples`` samples of the protocol's noise set."""
@@ -159,6 +168,7 @@ def record_trajectory(
         devices=config.runtime.devices,
         progress=False,
         parts=parts,
+        precision=precision,
     )
     assert samples.trajectory is not None and samples.final is not None
     # [S + 1, B', C, h, w]: x_T ... x_0

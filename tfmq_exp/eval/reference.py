@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 
 from tfmq_exp.config.schema import Config
+from tfmq_exp.devices import sampling_precision
 from tfmq_exp.eval.protocol import Evaluation, evaluate, protocol_payload
 from tfmq_exp.eval.sampling import GenerationParts
 from tfmq_exp.fingerprints import weights_fingerprint
@@ -26,12 +27,17 @@ def fp_reference(
 ) -> tuple[Evaluation, bool]:
     """Return the full-precision :class:`Evaluation` of this protocol and whether it came from the cache.
 
+    Its sampling runs at ``eval.fp_dtype`` (float32, or bfloat16 / float16 mixed precision, which is then part of
+    the cache key); the metrics run in float32.
+
     Args:
         parts / conditions: the family's evaluation parts and their key (see :mod:`tfmq_exp.eval.families`).
     """
 
+    precision = sampling_precision(config.eval.fp_dtype, config.runtime.device)
+
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        result = evaluate(unet_fp, config, real, parts)
+        result = evaluate(unet_fp, config, real, parts, precision)
         assert result.trajectory is not None
         tensors = {"images": result.images, "trajectory": result.trajectory}
         tensors.update({CONDITIONING_PREFIX + k: v for k, v in result.trajectory_conditioning.items()})

@@ -223,13 +223,15 @@ def generate(
     progress: bool = True,
     parts: Optional[GenerationParts] = None,
     devices: int = 1,
+    precision: str = "32-true",
 ) -> SampleBatch:
     """Generate ``num_samples`` images (and optionally the UNet's inputs) with a Lightning predict loop.
 
     ``devices`` > 1 runs it under DDP (:mod:`~tfmq_exp.eval.distributed`); the result is the same as on one.
+    ``precision``: Lightning's (``32-true``, or ``bf16-mixed`` / ``16-mixed`` for a full-precision reference).
     """
     module = DiffusionSampler(unet, sampler, model, seed_set, record_trajectory, parts)
-    batches = predict_on_devices(module, num_samples, batch_size, device, devices, progress, SampleBatch)
+    batches = predict_on_devices(module, num_samples, batch_size, device, devices, progress, SampleBatch, precision)
     result = SampleBatch(indices=torch.cat([b.indices for b in batches]), images=torch.cat([b.images for b in batches]))
     if record_trajectory:
         result.trajectory = torch.cat([b.trajectory for b in batches], dim=1)
