@@ -42,22 +42,23 @@ def test_eager_only_run_writes_report(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_headline_picks_the_fastest_int8_backend() -> None:
     medians = {"fp32_eager": 100.0, "fp32_ort": 80.0, "int8": 60.0, "int8_openvino": 44.0, "int8_ort": 90.0,
-               "int8_nncf": 40.0, "int8_ort_own": 50.0}
+               "int8_nncf": 40.0, "int8_ort_own": 50.0, "int8_nncf_same": 22.0, "int8_ort_own_same": 30.0}
     entry = {"variants": {name: {"median_ms": ms} for name, ms in medians.items()},
              "speedups": {"int8_vs_fp32_eager": 100 / 60}}
     headline = _headline({"digits": {"forward": {"8": entry}}})
     assert headline["model"] == "digits" and headline["batch"] == 8
-    assert headline["best_int8_backend"] == "int8_nncf"
-    assert headline["best_int8_vs_fp32_eager"] == pytest.approx(2.5)
-    assert headline["best_int8_vs_best_fp32"] == pytest.approx(2.0)
+    assert headline["best_int8_backend"] == "int8_nncf_same"
+    assert headline["best_int8_vs_fp32_eager"] == pytest.approx(100 / 22)
+    assert headline["best_int8_vs_best_fp32"] == pytest.approx(80 / 22)
     assert headline["ours_vs_runtime_own_int8"] == pytest.approx(44 / 40)
+    assert headline["ours_vs_runtime_own_int8_same_layers"] == pytest.approx(44 / 22)
     assert headline["ours_vs_runtime_own_int8_per_runtime"] == pytest.approx({"int8_ort": 1.8, "int8_openvino": 1.1})
     assert headline["int8_vs_fp32_compiled"] is None
 
 
 @pytest.mark.skipif(bool(missing_runtimes()), reason="the deploy extra (onnx, onnxruntime, openvino, nncf)")
 def test_onnx_variants_run_and_end_with_the_headline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    variants = "fp32_eager,fp32_ort,fp32_openvino,int8_ort,int8_openvino,int8_ort_own,int8_nncf"
+    variants = "fp32_eager,fp32_ort,fp32_openvino,int8_ort,int8_openvino,int8_ort_own,int8_nncf,int8_ort_own_same,int8_nncf_same"
     argv = ["--models", "digits", "--variants", variants, "--batch-sizes", "2", "--repeats", "1", "--ddim-steps", "2",
             "--ddim-batch", "2", "--ddim-repeats", "1", "--threads", "1", "--out", str(tmp_path / "bench.json")]
     report = run(argv)
@@ -70,7 +71,9 @@ def test_onnx_variants_run_and_end_with_the_headline(tmp_path: Path, capsys: pyt
     assert set(forward["variants"]) == set(variants.split(","))
     assert min(forward["sqnr_db_vs_fake_quant"][name] for name in ("int8_ort", "int8_openvino")) >= 30.0
     assert set(report["models"]["digits"]["build_s"]["onnx_files"]) == {
-        "export_fp32", "export_qdq_ours", "ort_quantize_static", "nncf_quantize"}
+        "export_fp32", "export_qdq_ours", "ort_quantize_static", "nncf_quantize", "ort_quantize_static_same",
+        "nncf_quantize_same"}
+    assert "ours_vs_runtime_own_int8_same_layers" in [line.split(": ")[0] for line in lines]
 
 
 @pytest.mark.slow

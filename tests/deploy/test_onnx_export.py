@@ -21,7 +21,14 @@ from tfmq_exp.deploy.from_quantized import deployment_inputs  # noqa: E402
 from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, INT8_CODE_MAX_WITHOUT_VNNI  # noqa: E402
 from tfmq_exp.deploy.onnx_export import INPUT_NAMES, OPSET, export_onnx, fold_weight_quantize, qdq_module  # noqa: E402
 from tfmq_exp.deploy.qparams import LayerQParams  # noqa: E402
-from tfmq_exp.deploy.runtimes import nncf_int8, openvino_runner, ort_runner, ort_static_int8  # noqa: E402
+from tfmq_exp.deploy.runtimes import (  # noqa: E402
+    layers_outside,
+    nncf_int8,
+    onnx_layer_module,
+    openvino_runner,
+    ort_runner,
+    ort_static_int8,
+)
 from tfmq_exp.quant import iter_attn_processors  # noqa: E402
 
 Inputs = Tuple[torch.Tensor, torch.Tensor]
@@ -123,14 +130,35 @@ def test_codes_outside_the_7bit_range_are_refused(calibrated, inputs: Inputs, tm
     assert max(int(np.abs(c).max()) for c in _weight_codes(model)) > INT8_CODE_MAX_WITHOUT_VNNI + 1
 
 
-def test_openvino_runs_every_quantized_layer_in_int8(calibrated, exported: Path, inputs: Inputs) -> None:
+def _openvino_int8_layers(model, inputs: Inputs) -> int:
+    """How many Convolution / FullyConnected layers OpenVINO's CPU plugin runs in int8 (u8 / i8)."""
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(exported))
+    if not isinstance(model, ov.Model):
+        model = ov.Core().read_model(str(model))
     model.reshape({"sample": list(inputs[0].shape), "timesteps": [inputs[0].shape[0]]})
-    runtime = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model()
+    runtime = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model()
     layers = [op.get_rt_info() for op in runtime.get_ops()
               if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected")]
-    int8 = [info for info in layers if info["runtimePrecision"].astype(str) in ("u8", "i8")]
-    assert len(int8) == len(calibrated[3])  # the float ones are the full-precision layers (conv_in, ...)
+    return len([info for info in layers if info["runtimePrecision"].astype(str) in ("u8", "i8")])
+
+
+def test_openvino_runs_every_quantized_layer_in_int8(calibrated, exported: Path, inputs: Inputs) -> None:
+    assert _openvino_int8_layers(exported, inputs) == len(calibrated[3])  # the float ones: conv_in, ...
+
+
+def test_runtimes_own_int8_can_keep_our_float_layers_in_float(calibrated, inputs: Inputs, tmp_path: Path) -> None:
+    unet_fp, qparams = calibrated[0], calibrated[3]
+    float_path = export_onnx(unet_fp, tmp_path / "fp32.onnx", inputs)
+    exclude = layers_outside(float_path, sorted(qparams))
+    modules = {onnx_layer_module(name) for name in exclude}
+    assert {"conv_in", "conv_out", "mid_block.attentions.0"} <= modules and not modules & set(qparams)
+    calibration = noise_batches(count=2, batch=3)
+    graph = onnx.load(str(ort_static_int8(float_path, tmp_path / "same.onnx", calibration, exclude=exclude))).graph
+    produced_by = {output: node.op_type for node in graph.node for output in node.output}
+    quantized = {onnx_layer_module(node.name) for node in graph.node
+                 if node.op_type in ("Conv", "Gemm", "MatMul") and produced_by.get(node.input[1]) == "DequantizeLinear"}
+    assert quantized == set(qparams)  # ONNX Runtime quantizes exactly our layers
+    default = nncf_int8(float_path, calibration)
+    same = nncf_int8(float_path, calibration, exclude=exclude)
+    assert _openvino_int8_layers(same, inputs) == len(qparams) < _openvino_int8_layers(default, inputs)

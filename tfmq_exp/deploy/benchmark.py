@@ -19,6 +19,9 @@ CIFAR-10 UNet at batch 8 (or the first model measured when CIFAR-10 is not); the
     speedup_best_int8_vs_best_fp32: Y
     ours_vs_runtime_own_int8: Z              (best of our export's latencies / best of the runtimes' own int8)
 
+after ``ours_vs_runtime_own_int8_same_layers`` (printed above these lines: the same ratio against the runtimes' own int8 of the same
+layer set: ``int8_ort_own_same`` / ``int8_nncf_same`` leave the layers our parameters keep in float in float).
+
 Example: ``tfmq-bench --models digits --quick --threads 1 --out /tmp/bench.json``.
 """
 
@@ -50,7 +53,14 @@ from tfmq_exp.deploy.bench_setup import (
 )
 from tfmq_exp.deploy.from_artifact import sqnr_db
 from tfmq_exp.deploy.int8_grid import default_weight_code_max
-from tfmq_exp.deploy.onnx_variants import ONNX_VARIANTS, OURS, RUNTIME_OWN, OnnxModels, unavailable_variants
+from tfmq_exp.deploy.onnx_variants import (
+    ONNX_VARIANTS,
+    OURS,
+    RUNTIME_OWN,
+    RUNTIME_OWN_SAME_LAYERS,
+    OnnxModels,
+    unavailable_variants,
+)
 from tfmq_exp.deploy.reference import FakeQuantReference
 from tfmq_exp.deploy.temporal import fp_feature_table
 
@@ -197,6 +207,7 @@ def _headline(results: Dict[str, dict]) -> Optional[dict]:
         best = min(int8, key=int8.__getitem__)
         ours = [int8[name] for name in OURS if name in int8]
         own = [int8[name] for name in RUNTIME_OWN if name in int8]
+        same = [int8[name] for name in RUNTIME_OWN_SAME_LAYERS if name in int8]
         per_runtime = {ours_name: int8[ours_name] / int8[own_name] for ours_name, own_name in zip(OURS, RUNTIME_OWN)
                        if ours_name in int8 and own_name in int8}
         return {"model": model_name, "batch": int(batch_key), "best_int8_backend": best,
@@ -204,6 +215,7 @@ def _headline(results: Dict[str, dict]) -> Optional[dict]:
                 "best_int8_vs_best_fp32": min(fp32.values()) / int8[best],
                 "ours_vs_runtime_own_int8": min(ours) / min(own) if ours and own else None,
                 "ours_vs_runtime_own_int8_per_runtime": per_runtime,
+                "ours_vs_runtime_own_int8_same_layers": min(ours) / min(same) if ours and same else None,
                 "int8_vs_fp32_eager": entry["speedups"].get("int8_vs_fp32_eager"),
                 "int8_vs_fp32_compiled": entry["speedups"].get("int8_vs_fp32_compiled")}
     return None
@@ -214,6 +226,9 @@ def _print_headline(headline: dict) -> None:
     if headline["ours_vs_runtime_own_int8_per_runtime"]:
         pairs = "  ".join(f"{k} {v:.2f}" for k, v in headline["ours_vs_runtime_own_int8_per_runtime"].items())
         print(f"ours_vs_runtime_own_int8 per runtime (int8_ort / int8_ort_own, int8_openvino / int8_nncf): {pairs}")
+    same = headline.get("ours_vs_runtime_own_int8_same_layers")
+    if same is not None:
+        print(f"ours_vs_runtime_own_int8_same_layers: {same:.2f}")
     if headline["int8_vs_fp32_eager"] is not None and headline["int8_vs_fp32_compiled"] is not None:
         print(f"speedup_int8_vs_fp32_eager: {headline['int8_vs_fp32_eager']:.2f}")
         print(f"speedup_int8_vs_fp32_compiled: {headline['int8_vs_fp32_compiled']:.2f}")

@@ -5,7 +5,10 @@ Variants (names start with the precision, as the benchmark's speedup table expec
 - ``fp32_ort`` / ``fp32_openvino``: the float ONNX export on ONNX Runtime / OpenVINO.
 - ``int8_ort`` / ``int8_openvino``: our QDQ export (:mod:`tfmq_exp.deploy.onnx_export`, the given parameters).
 - ``int8_ort_own``: ONNX Runtime's ``quantize_static`` of the float export; ``int8_nncf``: NNCF's
-  ``nncf.quantize`` of it on OpenVINO (:mod:`tfmq_exp.deploy.runtimes`), both calibrated on ``calibration``.
+  ``nncf.quantize`` of it on OpenVINO (:mod:`tfmq_exp.deploy.runtimes`), both calibrated on ``calibration``,
+  each choosing its own layers (every Conv / Gemm / MatMul).
+- ``int8_ort_own_same`` / ``int8_nncf_same``: the same two with the layers our parameters keep in float (the
+  published full-precision layers, the attention matmuls) left in float too: only the recipe differs.
 
 Files are exported once per model with a dynamic batch axis; ONNX Runtime sessions accept any batch size and
 OpenVINO models are compiled per batch size with static shapes. Export / quantization times are kept in
@@ -24,9 +27,13 @@ from torch import nn
 
 from tfmq_exp.deploy.qparams import LayerQParams
 
-ONNX_VARIANTS = ("fp32_ort", "fp32_openvino", "int8_ort", "int8_openvino", "int8_ort_own", "int8_nncf")
+ONNX_VARIANTS = (
+    "fp32_ort", "fp32_openvino", "int8_ort", "int8_openvino", "int8_ort_own", "int8_nncf", "int8_ort_own_same",
+    "int8_nncf_same",
+)  # fmt: skip
 OURS = ("int8_ort", "int8_openvino")
 RUNTIME_OWN = ("int8_ort_own", "int8_nncf")
+RUNTIME_OWN_SAME_LAYERS = ("int8_ort_own_same", "int8_nncf_same")
 _NEEDS = {
     "fp32_ort": ("onnx", "onnxruntime"),
     "fp32_openvino": ("onnx", "openvino"),
@@ -34,6 +41,8 @@ _NEEDS = {
     "int8_openvino": ("onnx", "openvino"),
     "int8_ort_own": ("onnx", "onnxruntime"),
     "int8_nncf": ("onnx", "openvino", "nncf"),
+    "int8_ort_own_same": ("onnx", "onnxruntime"),
+    "int8_nncf_same": ("onnx", "openvino", "nncf"),
 }
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -93,22 +102,34 @@ class OnnxModels:
         return self._timed("export_qdq_ours", lambda: export_onnx(self.unet, self.directory / "int8_qdq.onnx",
                                                                   self.calibration[0], self.qparams))
 
-    def ort_own_path(self) -> Path:
+    def _float_layers(self) -> List[str]:
+        """Node names of the float export our parameters leave in float."""
+        from tfmq_exp.deploy.runtimes import layers_outside
+
+        return layers_outside(self.float_path(), sorted(self.qparams))
+
+    def ort_own_path(self, same_layers: bool = False) -> Path:
         from tfmq_exp.deploy.runtimes import ort_static_int8
 
-        return self._timed("ort_quantize_static", lambda: ort_static_int8(
-            self.float_path(), self.directory / "int8_ort_own.onnx", self.calibration))
+        suffix = "_same" if same_layers else ""
+        exclude = self._float_layers() if same_layers else ()
+        return self._timed(f"ort_quantize_static{suffix}", lambda: ort_static_int8(
+            self.float_path(), self.directory / f"int8_ort_own{suffix}.onnx", self.calibration, exclude=exclude))
 
-    def nncf_model(self):
+    def nncf_model(self, same_layers: bool = False):
         from tfmq_exp.deploy.runtimes import nncf_int8
 
-        return self._timed("nncf_quantize", lambda: nncf_int8(self.float_path(), self.calibration))
+        exclude = self._float_layers() if same_layers else ()
+        return self._timed("nncf_quantize" + ("_same" if same_layers else ""),
+                           lambda: nncf_int8(self.float_path(), self.calibration, exclude=exclude))
 
     def source(self, name: str):
         """The ONNX file (or NNCF's ``openvino.Model``) variant ``name`` runs, built on the first request."""
         sources = {
             "fp32_ort": self.float_path, "fp32_openvino": self.float_path, "int8_ort": self.qdq_path,
             "int8_openvino": self.qdq_path, "int8_ort_own": self.ort_own_path, "int8_nncf": self.nncf_model,
+            "int8_ort_own_same": lambda: self.ort_own_path(same_layers=True),
+            "int8_nncf_same": lambda: self.nncf_model(same_layers=True),
         }
         if name not in sources:
             raise ValueError(f"unknown ONNX variant {name!r}; choose from {ONNX_VARIANTS}")
@@ -119,7 +140,7 @@ class OnnxModels:
         from tfmq_exp.deploy.runtimes import openvino_runner, ort_runner
 
         source = self.source(name)
-        if name in ("fp32_ort", "int8_ort", "int8_ort_own"):
+        if name in ("fp32_ort", "int8_ort", "int8_ort_own", "int8_ort_own_same"):
             return ort_runner(source, self.threads)
         return openvino_runner(source, self.threads, example)
 

@@ -7,12 +7,15 @@ which are absent, and nothing here is imported by the rest of the package unless
 References for our own QDQ export (:mod:`tfmq_exp.deploy.onnx_export`): ONNX Runtime's ``quantize_static``
 (QDQ, per-channel weights, min/max calibration) and NNCF's ``nncf.quantize`` on the OpenVINO model, both
 calibrated on a few noise batches at random timesteps. They quantize with their own recipes and parameters;
-ours runs the project's calibrated ones.
+ours runs the project's calibrated ones. By default they choose the layers themselves (every Conv / Gemm / MatMul,
+attention matmuls included); with ``exclude`` (:func:`layers_outside`) they leave the layers our parameters
+keep in float in float too, so that only the recipe differs.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -108,12 +111,37 @@ def _calibration_feeds(batches: Sequence[Batch]) -> List[Dict[str, np.ndarray]]:
     return [_feeds(sample, timestep) for sample, timestep in batches]
 
 
+def onnx_layer_module(node_name: str) -> str:
+    """The UNet module an exported node belongs to: ``/unet/down_blocks.0/resnets.0/conv1/Conv`` ->
+    ``down_blocks.0.resnets.0.conv1`` (the exporter names nodes by module path, wrapper attribute first)."""
+    parts = node_name.strip("/").split("/")
+    return ".".join(parts[1:-1])
+
+
+def layers_outside(float_path: str | Path, quantized_layers: Sequence[str]) -> List[str]:
+    """Names of the float ONNX model's Conv / Gemm / MatMul nodes that are not among ``quantized_layers``.
+
+    These are the layers our parameters keep in float (the published full-precision layers, the attention
+    matmuls ``q k^T`` and ``softmax v``, whose node sits in the attention module rather than in a Linear).
+    """
+    import onnx
+
+    keep = set(quantized_layers)
+    graph = onnx.load(str(float_path), load_external_data=False).graph
+    return [node.name for node in graph.node if node.op_type in INT8_OP_TYPES and onnx_layer_module(node.name) not in keep]
+
+
 def ort_static_int8(
-    float_path: str | Path, out_path: str | Path, calibration: Sequence[Batch], weight_code_max: Optional[int] = None
+    float_path: str | Path,
+    out_path: str | Path,
+    calibration: Sequence[Batch],
+    weight_code_max: Optional[int] = None,
+    exclude: Sequence[str] = (),
 ) -> Path:
     """ONNX Runtime's own static int8 quantization of a float ONNX model (QDQ, per-channel, min/max).
 
     ``reduce_range`` (7-bit weights) is set on CPUs without VNNI, the runtime's own form of our 7-bit rule.
+    ``exclude``: node names left in float (:func:`layers_outside`).
 
     Returns:
         ``out_path``.
@@ -130,12 +158,15 @@ def ort_static_int8(
     code_max = weight_code_max or default_weight_code_max()
     quantize_static(str(float_path), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=code_max < INT8_CODE_MAX, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OP_TYPES)
+                    weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OP_TYPES, nodes_to_exclude=list(exclude))
     return Path(out_path)
 
 
-def nncf_int8(float_path: str | Path, calibration: Sequence[Batch]):
+def nncf_int8(float_path: str | Path, calibration: Sequence[Batch], exclude: Sequence[str] = ()):
     """NNCF's own post-training int8 quantization (default preset) of the float ONNX model read by OpenVINO.
+
+    ``exclude``: ONNX node names left in float (:func:`layers_outside`); OpenVINO keeps them as the start of its
+    op names (``/unet/conv_in/Conv/WithoutBiases``), so they become anchored patterns of NNCF's ignored scope.
 
     Returns:
         the quantized ``openvino.Model`` (compile it with :func:`openvino_runner`).
@@ -146,4 +177,6 @@ def nncf_int8(float_path: str | Path, calibration: Sequence[Batch]):
     model = ov.Core().read_model(str(float_path))
     _static_shapes(model, calibration[0])
     feeds = _calibration_feeds(calibration)
-    return nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds))
+    patterns = [f"^{re.escape(name)}(/.*)?$" for name in exclude]
+    ignored = nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None
+    return nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), ignored_scope=ignored)
