@@ -120,3 +120,20 @@ def test_compiled_int8_kernels_match_reference() -> None:
     assert "qconv_pointwise" in source and "qlinear_pointwise" in source
     reference = FakeQuantReference(unet, qparams)(sample, timestep)
     assert sqnr_db(lowered(sample, timestep), reference) >= 30.0
+
+
+@pytest.mark.slow
+def test_every_quantized_layer_reaches_an_int8_kernel() -> None:
+    """Compiled by inductor, each quantized Conv2d / Linear runs as oneDNN's qconv / qlinear (none falls back to
+    a float conv or ``bmm`` on dequantized weights, as attention's ``to_q`` / ``to_k`` / ``to_v`` did)."""
+    unet = digits_unet()
+    qparams = calibrated(unet, w_bits=8)
+    sample, timestep = example_inputs()
+    lowered = lower_to_int8(unet, qparams, (sample, timestep))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        lowered(sample, timestep)
+    calls = {event.key: event.count for event in profiler.key_averages()}
+    kinds = {name: type(unet.get_submodule(name)) for name in qparams}
+    assert calls.get("onednn::qconv_pointwise", 0) == sum(kind is torch.nn.Conv2d for kind in kinds.values())
+    assert calls.get("onednn::qlinear_pointwise", 0) == sum(kind is torch.nn.Linear for kind in kinds.values())
+    assert "aten::bmm" not in calls and sum(kind is torch.nn.Linear for kind in kinds.values()) > 0

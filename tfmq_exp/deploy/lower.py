@@ -7,6 +7,12 @@ input activation and the weight of every layer in ``qparams``; replace each obse
 parameters (:mod:`tfmq_exp.deploy.int8_grid`; no calibration forward); ``convert_pt2e``; and ``torch.compile``
 with ``freezing`` so that inductor lowers every quantized Conv2d / Linear to oneDNN's ``qconv`` / ``qlinear``.
 
+Inductor's qlinear fusion matches ``dequantize -> linear`` only on a contiguous input: diffusers' attention
+feeds ``to_q`` / ``to_k`` / ``to_v`` a transposed view of the normed hidden states, and those three Linears then
+ran as float ``bmm`` on the dequantized weights (a profile of the CIFAR-10 UNet showed 18 of its 47 quantized
+Linears in float). A forward pre-hook on the copy's quantized Linears makes their input contiguous (a copy, no
+numeric change), so every quantized layer reaches an int8 kernel (``tests/deploy/test_lower.py`` counts them).
+
 What runs quantized: exactly the Conv2d / Linear layers named in ``qparams`` (input uint8 per tensor, weight
 int8 per output channel). Everything else stays float32: layers without parameters (e.g. ``fp_patterns``),
 norms, attention's ``softmax(QK^T)V`` (SDPA), residual adds. The quantizer's other default annotations
@@ -59,6 +65,10 @@ def layer_name_of(node: torch.fx.Node) -> Optional[str]:
     path = list(stack.values())[-1][0]
     prefix = f"{WRAPPER_ATTRIBUTE}."
     return path[len(prefix) :] if path.startswith(prefix) else None
+
+
+def _contiguous_input(_module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
 
 
 def _is_impure(node: torch.fx.Node) -> bool:
@@ -223,6 +233,8 @@ def lower_to_int8(
     for name, params in layers.items():
         module = model.get_submodule(name)
         module.weight.copy_(fake_quantize_weight(module.weight, params))
+        if isinstance(module, nn.Linear):  # the qlinear fusion needs a contiguous input (module docstring)
+            module.register_forward_pre_hook(_contiguous_input)
     sample, timestep = example_inputs
     timesteps = as_float_timesteps(timestep, sample.shape[0])
     if cache is None:
