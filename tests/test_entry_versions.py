@@ -37,7 +37,7 @@ SOURCES = {
 RECORDED = {
     "calibration": (1, "b0684d7f5b16389c"),
     "fp_reference": (1, "1cd8b1006a0916ce"),
-    "reconstruction": (2, "39733c36bc9565f8"),
+    "reconstruction": (2, "4d1d25ae99202a4b"),
     "act_reconstruction": (1, "6d17c0cd7130294d"),
 }
 

@@ -8,6 +8,9 @@ stage then receives ``cpu`` or ``cuda``. Captured data always lives on the CPU (
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import resource
 import sys
 from typing import Iterator, Sequence
@@ -57,6 +60,35 @@ def peak_memory() -> dict[str, float]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         peaks["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / (1024 * 1024)
     return peaks
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc_malloc_trim():
+    """glibc's ``malloc_trim`` where the C library is glibc, else ``None`` (macOS, musl, Windows)."""
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or name is None:
+        return None
+    try:
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give memory the process has freed back to the operating system.
+
+    Freed tensors go back to the C allocator, which keeps the pages for later requests: after a stage that held
+    much captured data, the process's resident set stays at that stage's size although the data is gone, and the
+    next stage's peak starts from there. glibc returns those pages on ``malloc_trim(0)``; PyTorch has no call
+    for host memory (``torch.cuda.empty_cache`` is the device's counterpart, released here too). Called
+    whenever a reconstruction unit releases its captured data, so a run's peak resident set follows the data it
+    holds (``calib.memory_budget_mb``), not what earlier units held.
+    """
+    trim = _glibc_malloc_trim()
+    if trim is not None:
+        trim(0)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager

@@ -112,3 +112,17 @@ def test_invalid_strategy_and_scale_are_rejected() -> None:
         select_steps("random", 10, CalibConfig())
     with pytest.raises(ValueError, match="normal_std"):
         select_steps("normal", 10, CalibConfig(normal_std=0.0))
+
+
+def test_every_configurable_strategy_is_registered_once() -> None:
+    from tfmq_exp.calib.steps import STEP_SELECTIONS
+    from tfmq_exp.config.schema import CALIB_STEP_SELECTIONS, MethodConfig
+
+    assert tuple(STEP_SELECTIONS) == CALIB_STEP_SELECTIONS
+    calib = CalibConfig(uniform_every=2, recon_samples=12)
+    for name in CALIB_STEP_SELECTIONS:
+        MethodConfig(name="m", calib_steps=name)  # the schema accepts every registered name
+        counts = step_counts(name, 6, calib, seed=0)
+        assert sorted(counts) == select_steps(name, 6, calib) and sum(counts.values()) == 12
+    with pytest.raises(ValueError, match="method.calib_steps"):
+        MethodConfig(name="m", calib_steps="every_other")

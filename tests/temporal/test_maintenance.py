@@ -181,3 +181,14 @@ def test_artifact_round_trip(tmp_path, method: dict) -> None:
     with torch.no_grad():
         for t in timesteps + extra:
             assert torch.equal(unet_q(sample, torch.tensor(t)).sample, unet_loaded(sample, torch.tensor(t)).sample)
+
+
+def test_every_configurable_maintenance_is_registered_once() -> None:
+    from tfmq_exp.config.schema import MAINTENANCES as CONFIGURABLE
+    from tfmq_exp.temporal.maintenance import MAINTENANCES
+
+    assert tuple(MAINTENANCES) == CONFIGURABLE
+    for name in CONFIGURABLE:
+        MethodConfig(name="m", maintenance=name)
+    with pytest.raises(ValueError, match="method.maintenance"):
+        MethodConfig(name="m", maintenance="cached")

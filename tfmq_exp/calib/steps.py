@@ -17,22 +17,16 @@ through fresh permutations when a step needs more samples than there are traject
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import numpy as np
 import torch
 from scipy.stats import skewnorm
 from torch import Tensor
 
 from tfmq_exp.calib.trajectories import CalibrationData
-from tfmq_exp.config.schema import CalibConfig
-
-STRATEGIES = ("all", "uniform", "normal")
-
-
-def _check(strategy: str, num_steps: int) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"calib_steps={strategy!r} is not valid; choose one of: {', '.join(STRATEGIES)}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps={num_steps} must be >= 1")
+from tfmq_exp.config.schema import CALIB_STEP_SELECTIONS, CalibConfig
 
 
 def normal_step_draws(num_steps: int, calib: CalibConfig, count: int) -> list[int]:
@@ -56,6 +50,49 @@ def normal_step_draws(num_steps: int, calib: CalibConfig, count: int) -> list[in
     return sorted(int(i) for i in np.rint(positions * (num_steps - 1)))
 
 
+def _every_step(num_steps: int, calib: CalibConfig) -> list[int]:
+    return list(range(num_steps))
+
+
+def _every_kth_step(num_steps: int, calib: CalibConfig) -> list[int]:
+    return list(range(0, num_steps, calib.uniform_every))
+
+
+def _normal_steps(num_steps: int, calib: CalibConfig) -> list[int]:
+    return sorted(set(normal_step_draws(num_steps, calib, calib.recon_samples)))
+
+
+@dataclass(frozen=True)
+class StepSelection:
+    """One ``method.calib_steps`` strategy.
+
+    Attributes:
+        steps: ``(S, calib) -> selected step indices``, distinct and ascending.
+        draws: ``(S, calib, M) -> M step indices with repetition`` when the strategy weights its steps (each step
+            then gets as many reconstruction samples as draws); ``None`` spreads the ``M`` samples evenly.
+    """
+
+    steps: Callable[[int, CalibConfig], list[int]]
+    draws: Optional[Callable[[int, CalibConfig, int], list[int]]] = None
+
+
+STEP_SELECTIONS: dict[str, StepSelection] = {  # names: tfmq_exp.config.schema.CALIB_STEP_SELECTIONS
+    "all": StepSelection(_every_step),
+    "uniform": StepSelection(_every_kth_step),
+    "normal": StepSelection(_normal_steps, draws=normal_step_draws),
+}
+assert tuple(STEP_SELECTIONS) == CALIB_STEP_SELECTIONS, "schema.CALIB_STEP_SELECTIONS and STEP_SELECTIONS must agree"
+STRATEGIES = CALIB_STEP_SELECTIONS
+
+
+def _strategy(name: str, num_steps: int) -> StepSelection:
+    if name not in STEP_SELECTIONS:
+        raise ValueError(f"calib_steps={name!r} is not valid; choose one of: {', '.join(STEP_SELECTIONS)}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps} must be >= 1")
+    return STEP_SELECTIONS[name]
+
+
 def select_steps(strategy: str, num_steps: int, calib: CalibConfig) -> list[int]:
     """The step indices whose ``x_t`` feed reconstruction.
 
@@ -67,12 +104,7 @@ def select_steps(strategy: str, num_steps: int, calib: CalibConfig) -> list[int]
     Returns:
         Distinct step indices, ascending (sampling order).
     """
-    _check(strategy, num_steps)
-    if strategy == "all":
-        return list(range(num_steps))
-    if strategy == "uniform":
-        return list(range(0, num_steps, calib.uniform_every))
-    return sorted(set(normal_step_draws(num_steps, calib, calib.recon_samples)))
+    return _strategy(strategy, num_steps).steps(num_steps, calib)
 
 
 def step_counts(strategy: str, num_steps: int, calib: CalibConfig, seed: int) -> dict[int, int]:
@@ -87,16 +119,16 @@ def step_counts(strategy: str, num_steps: int, calib: CalibConfig, seed: int) ->
     Returns:
         step index -> count (every count >= 1 for ``normal``; counts sum to ``calib.recon_samples``).
     """
-    _check(strategy, num_steps)
+    selection = _strategy(strategy, num_steps)
     total = calib.recon_samples
     if total < 1:
         raise ValueError(f"calib.recon_samples={total} must be >= 1")
-    if strategy == "normal":
+    if selection.draws is not None:
         counts: dict[int, int] = {}
-        for step in normal_step_draws(num_steps, calib, total):
+        for step in selection.draws(num_steps, calib, total):
             counts[step] = counts.get(step, 0) + 1
         return counts
-    steps = select_steps(strategy, num_steps, calib)
+    steps = selection.steps(num_steps, calib)
     base, remainder = divmod(total, len(steps))
     generator = torch.Generator().manual_seed(seed)
     extra = set(torch.randperm(len(steps), generator=generator)[:remainder].tolist())

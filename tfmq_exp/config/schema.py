@@ -62,6 +62,8 @@ def _role(role: str) -> dict:
 MODEL_FAMILIES = ("pixel", "latent", "class_conditional", "text_to_image")
 SAMPLERS = ("ddim", "ddpm", "plms", "dpmsolver++")  # tfmq_exp.eval.schedulers.SCHEDULERS builds them
 TASKS = ("run", "train_digits", "train_extractor")  # tfmq_exp.models.tasks.TASKS runs them
+CALIB_STEP_SELECTIONS = ("all", "uniform", "normal")  # tfmq_exp.calib.steps.STEP_SELECTIONS implements them
+MAINTENANCES = ("tib", "cache", "select")  # tfmq_exp.temporal.maintenance.MAINTENANCES installs them
 PUBLISHED_FP_PATTERNS = ("conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*")
 
 
@@ -306,10 +308,10 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         _check_choice("method.weight_init", self.weight_init, ("minmax", "shrink"))
-        _check_choice("method.calib_steps", self.calib_steps, ("all", "uniform", "normal"))
+        _check_choice("method.calib_steps", self.calib_steps, CALIB_STEP_SELECTIONS)
         _check_choice("method.fsc_scope", self.fsc_scope, ("tib", "all"))
         _check_choice("method.fsc_range", self.fsc_range, ("minmax", "mse", "ema"))
-        _check_choice("method.maintenance", self.maintenance, ("tib", "cache", "select"))
+        _check_choice("method.maintenance", self.maintenance, MAINTENANCES)
         _check_range("method.cache_bits", self.cache_bits, (2, 16), allow_none=True)
         _check_choice("method.act_calib_steps", self.act_calib_steps, ("all", "recon_set"))
         if self.act_range is not None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tfmq_exp.devices import release_freed_memory
 from tfmq_exp.stage_results import CapturedMemory
 
 MB = 1024 * 1024
@@ -247,6 +248,7 @@ class CaptureBudget:
         if self._spill_dir is not None:
             self._spill_dir.rmdir()
             self._spill_dir = None
+        release_freed_memory()
 
     def report(self) -> CapturedMemory:
         """The peaks, for the run's summary."""

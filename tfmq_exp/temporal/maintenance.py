@@ -28,12 +28,13 @@ parameters for it when they have per-timestep ones.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from tfmq_exp.config.schema import Config
+from tfmq_exp.config.schema import MAINTENANCES as SCHEMA_MAINTENANCES, Config
 from tfmq_exp.errors import CacheMismatchError, UserError
 from tfmq_exp.models.adapters import TIBSpec, get_adapter
 from tfmq_exp.quant.context import TimestepContext
@@ -262,6 +263,73 @@ def check_cache_timesteps(model: nn.Module, timesteps: Sequence[int]) -> None:
         )
 
 
+def _keep_tib(request: "MaintenanceRequest") -> MaintenanceReport:
+    """``tib``: the quantized TIB runs at inference (TIAR / FSC already fitted it); nothing to install."""
+    return MaintenanceReport()
+
+
+def _cache_every_feature(request: "MaintenanceRequest") -> MaintenanceReport:
+    """``cache`` (DESIGN 1.5): every temporal feature from the full-precision TIB, quantized per ``(t, i)``."""
+    from tfmq_exp.calib.fsc import calibrate_tib_activations
+
+    method = request.config.method
+    if method.cache_fallback and get_adapter(request.unet_fp).tib().depends_only_on_t:
+        # the TIB kept as the fallback runs off the sampler's set only: calibrate it on every t now
+        calibrate_tib_activations(request.unet_q, request.timesteps, request.context, method.fsc, method.fsc_range)
+    cache = install_cache(
+        request.unet_q, request.unet_fp, request.context, request.timesteps, request.bits, method.cache_fallback
+    )
+    return MaintenanceReport(cache=cache)
+
+
+def _select_per_feature(request: "MaintenanceRequest") -> MaintenanceReport:
+    """``select`` (DESIGN 1.6): per feature (or feature and timestep), the option with the smaller error."""
+    from tfmq_exp.calib.fsc import calibrate_tib_activations
+
+    unet_q, unet_fp, context, timesteps, bits = (
+        request.unet_q, request.unet_fp, request.context, request.timesteps, request.bits
+    )
+    method = request.config.method
+    if not get_adapter(unet_fp).tib().depends_only_on_t:
+        from tfmq_exp.temporal.conditioned_selection import select_time_embedding
+
+        chosen = select_time_embedding(
+            unet_q, unet_fp, context, timesteps, request.conditioning, method.select, bits, request.config.calib.seed
+        )
+        cache = None
+        if chosen.choice == "cache":
+            cache = install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)
+        return MaintenanceReport(cache=cache, selection=chosen)
+    calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
+    selection = select_maintenance(unet_q, unet_fp, context, timesteps, method.select, bits)
+    cache = install_cache(
+        unet_q, unet_fp, context, timesteps, bits, method.cache_fallback, cached=selection.cached_timesteps()
+    )
+    return MaintenanceReport(cache=cache, selection=selection.report())
+
+
+@dataclass(frozen=True)
+class MaintenanceRequest:
+    """What a maintenance strategy gets: the two UNets, the run config, the timestep context and set, the cache
+    bit-width (:func:`cache_bits_for`) and the calibration data's conditioning rows (flat; ``{}`` for none)."""
+
+    unet_q: nn.Module
+    unet_fp: nn.Module
+    config: Config
+    context: TimestepContext
+    timesteps: list[int]
+    bits: int
+    conditioning: Mapping[str, torch.Tensor]
+
+
+MAINTENANCES: Dict[str, Callable[[MaintenanceRequest], MaintenanceReport]] = {  # names: schema.MAINTENANCES
+    "tib": _keep_tib,
+    "cache": _cache_every_feature,
+    "select": _select_per_feature,
+}
+assert tuple(MAINTENANCES) == SCHEMA_MAINTENANCES, "schema.MAINTENANCES and MAINTENANCES must agree"
+
+
 def apply_maintenance(
     unet_q: nn.Module,
     unet_fp: nn.Module,
@@ -270,7 +338,8 @@ def apply_maintenance(
     timesteps: list[int],
     conditioning: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> MaintenanceReport:
-    """Install ``config.method.maintenance`` in the quantized UNet (in place), before block reconstruction.
+    """Install ``config.method.maintenance`` (one of :data:`MAINTENANCES`) in the quantized UNet (in place),
+    before block reconstruction.
 
     The maintenance that runs at inference is in place before the blocks are reconstructed and the activations
     calibrated, so both are fitted to the temporal features the model will see (DESIGN 1.5, 1.6):
@@ -294,30 +363,7 @@ def apply_maintenance(
         What was installed: the cache for ``cache``, plus the selection decision for ``select``; an empty
         report for ``tib`` (nothing to do).
     """
-    from tfmq_exp.calib.fsc import calibrate_tib_activations
-
-    method = config.method
-    bits = cache_bits_for(config)
-    if method.maintenance == "tib":
-        return MaintenanceReport()
-    if method.maintenance == "cache":
-        if method.cache_fallback and get_adapter(unet_fp).tib().depends_only_on_t:
-            # the TIB kept as the fallback runs off the sampler's set only: calibrate it on every t now
-            calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
-        return MaintenanceReport(cache=install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback))
-    if not get_adapter(unet_fp).tib().depends_only_on_t:
-        from tfmq_exp.temporal.conditioned_selection import select_time_embedding
-
-        chosen = select_time_embedding(
-            unet_q, unet_fp, context, timesteps, conditioning or {}, method.select, bits, config.calib.seed
-        )
-        cache = None
-        if chosen.choice == "cache":
-            cache = install_cache(unet_q, unet_fp, context, timesteps, bits, method.cache_fallback)
-        return MaintenanceReport(cache=cache, selection=chosen)
-    calibrate_tib_activations(unet_q, timesteps, context, method.fsc, method.fsc_range)
-    selection = select_maintenance(unet_q, unet_fp, context, timesteps, method.select, bits)
-    cache = install_cache(
-        unet_q, unet_fp, context, timesteps, bits, method.cache_fallback, cached=selection.cached_timesteps()
+    request = MaintenanceRequest(
+        unet_q, unet_fp, config, context, timesteps, cache_bits_for(config), conditioning or {}
     )
-    return MaintenanceReport(cache=cache, selection=selection.report())
+    return MAINTENANCES[config.method.maintenance](request)
