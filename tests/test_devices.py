@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,25 @@ def test_the_fp_reference_samples_in_float16_on_cuda(tmp_path: Path) -> None:
 def _resident_mib() -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_release_freed_memory_frees_tensors_held_only_by_reference_cycles() -> None:
+    class Holder:
+        pass
+
+    enabled = gc.isenabled()
+    gc.disable()  # as between two automatic collections
+    try:
+        holder = Holder()
+        holder.myself, holder.rows = holder, torch.ones(1024)
+        alive = weakref.ref(holder)
+        del holder
+        assert alive() is not None  # a cycle: reference counting alone never frees it
+        devices.release_freed_memory()
+        assert alive() is None
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @pytest.mark.skipif(devices._glibc_malloc_trim() is None, reason="needs glibc's malloc_trim")

@@ -36,7 +36,7 @@ SOURCES = {
 # kind -> (version, sha256 of the listed modules' sources, first 16 hex digits)
 RECORDED = {
     "calibration": (1, "b0684d7f5b16389c"),
-    "fp_reference": (1, "1cd8b1006a0916ce"),
+    "fp_reference": (1, "b5340d6b239f0f22"),
     "reconstruction": (2, "4d1d25ae99202a4b"),
     "act_reconstruction": (1, "6d17c0cd7130294d"),
 }

@@ -35,6 +35,7 @@ SMALL = [
     "method.recon.batch_size=8", "method.act_recon.iters=4", "eval.num_samples=8", "eval.batch_size=8",
     "eval.trajectory_samples=2", "eval.kid_subset_size=4", "eval.metrics=[fid,kid]", "logger=none",
     "runtime.progress=false",
+    "eval.inception_layer=64",  # 64-d block features: the 2048-d path is tests/eval/test_real_reference.py's
 ]  # fmt: skip
 
 

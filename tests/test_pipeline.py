@@ -53,9 +53,22 @@ TINY_QUANT = ["quant=w4a8", "sampler.num_steps=5", "calib.num_samples=8", "calib
               "eval.trajectory_samples=4", "logger=none"]
 
 
+@pytest.fixture(scope="module")
+def tfmq_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
+    """One tiny ``method=tfmq`` run: ``(summary, run directory, cache directory)``."""
+    root = tmp_path_factory.mktemp("tfmq_run")
+    return run_cli(root / "run", root / "cache", "method=tfmq", *TINY_QUANT), root / "run", root / "cache"
+
+
 @pytest.mark.parametrize("method", ["tfmq", pytest.param("tfmq_cache", marks=pytest.mark.slow)])
-def test_quantized_run_and_its_artifact_give_the_same_numbers(tmp_path: Path, method: str) -> None:
-    first = run_cli(tmp_path / "run", tmp_path / "cache", f"method={method}", *TINY_QUANT)
+def test_quantized_run_and_its_artifact_give_the_same_numbers(
+    tmp_path: Path, method: str, request: pytest.FixtureRequest
+) -> None:
+    if method == "tfmq":
+        first, run_dir, cache = request.getfixturevalue("tfmq_run")
+    else:
+        run_dir, cache = tmp_path / "run", tmp_path / "cache"
+        first = run_cli(run_dir, cache, f"method={method}", *TINY_QUANT)
     assert first["status"] == "ok" and first["quant"] == "w4a8"
     for key in ("capture_s", "reconstruction_s", "act_calibration_s", "sampling_and_metrics_s"):
         assert key in first["timing"], key
@@ -68,19 +81,18 @@ def test_quantized_run_and_its_artifact_give_the_same_numbers(tmp_path: Path, me
     if method == "tfmq_cache":  # the cache serves exactly the quantized FP features: error == quantization bound
         assert first["cache"]["bits"] == 8 and first["cache"]["cache_bytes"] > 0
         assert temporal["rel_mse_mean"] == pytest.approx(temporal["rel_mse_bound_cache"], rel=1e-3)
-    artifact = tmp_path / "run" / "artifact"
-    again = run_cli(tmp_path / "again", tmp_path / "cache", f"method={method}", *TINY_QUANT, f"artifact={artifact}")
+    again = run_cli(tmp_path / "again", cache, f"method={method}", *TINY_QUANT, f"artifact={run_dir / 'artifact'}")
     assert again["metrics"]["fid"] == first["metrics"]["fid"]
     assert again["temporal"]["rel_mse_mean"] == first["temporal"]["rel_mse_mean"]
     assert "reconstruction_s" not in again["timing"]
 
 
-def test_artifact_for_another_config_fails_in_one_line(tmp_path: Path) -> None:
-    run_cli(tmp_path / "run", tmp_path / "cache", "method=naive", *TINY_QUANT)
+def test_artifact_for_another_config_fails_in_one_line(tmp_path: Path, tfmq_run: tuple[dict, Path, Path]) -> None:
+    _, run_dir, cache = tfmq_run
     result = subprocess.run(
-        [sys.executable, "-m", "tfmq_exp", "method=naive", *TINY_QUANT, "quant=w8a8",
-         f"artifact={tmp_path / 'run' / 'artifact'}", f"hydra.run.dir={tmp_path / 'bad'}"],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "TFMQ_CACHE_DIR": str(tmp_path / "cache")},
+        [sys.executable, "-m", "tfmq_exp", "method=tfmq", *TINY_QUANT, "quant=w8a8",
+         f"artifact={run_dir / 'artifact'}", f"hydra.run.dir={tmp_path / 'bad'}"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "TFMQ_CACHE_DIR": str(cache)},
         timeout=600,
     )
     assert result.returncode == 2

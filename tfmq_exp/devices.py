@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import gc
 import resource
 import sys
 from typing import Iterator, Sequence
@@ -75,15 +76,20 @@ def _glibc_malloc_trim():
 
 
 def release_freed_memory() -> None:
-    """Give memory the process has freed back to the operating system.
+    """Free what a finished stage left behind, and give the freed memory back to the operating system.
 
-    Freed tensors go back to the C allocator, which keeps the pages for later requests: after a stage that held
-    much captured data, the process's resident set stays at that stage's size although the data is gone, and the
-    next stage's peak starts from there. glibc returns those pages on ``malloc_trim(0)``; PyTorch has no call
-    for host memory (``torch.cuda.empty_cache`` is the device's counterpart, released here too). Called
-    whenever a reconstruction unit releases its captured data, so a run's peak resident set follows the data it
-    holds (``calib.memory_budget_mb``), not what earlier units held.
+    Two things keep a finished reconstruction unit's captured tensors in the resident set. (1) Reference cycles:
+    the unit's Lightning ``Trainer``, its loops, the data loader and the module refer to one another, so the
+    dataset with its held rows is freed only when Python's cyclic collector runs, which it does by object
+    counts, not bytes; measured on the digits acceptance command (``calib.recon_samples=8192``, 64 MiB budget),
+    the anonymous resident set grew by about 50 MiB per unit without a collection and stayed flat with one.
+    ``gc.collect()`` frees them now. (2) Freed tensors go back to the C allocator, which keeps the pages; glibc
+    returns them on ``malloc_trim(0)`` (PyTorch has no call for host memory; ``torch.cuda.empty_cache`` is the
+    device's counterpart, released here too). Called whenever a reconstruction unit releases its captured data,
+    so a run's peak resident set follows the data it holds (``calib.memory_budget_mb``), not what earlier units
+    held.
     """
+    gc.collect()
     trim = _glibc_malloc_trim()
     if trim is not None:
         trim(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -67,9 +67,9 @@ def project_calibrated(a_bits: int | None = 8, split: bool = False) -> Tuple[tor
     return unet_fp, unet_q
 
 
-def make_artifact(root: Path, method: str, steps: int = 4) -> Path:
-    """A real calibrated digits artifact of ``method`` (W8A8, a short run: ``steps`` sampler steps, 8 calibration
-    samples), under ``root``; returns its ``artifact`` directory."""
+def make_artifact(root: Path, method: str, steps: int = 4, quant: str = "w8a8", extra: Sequence[str] = ()) -> Path:
+    """A real calibrated digits artifact of ``method`` (``quant``, a short run: ``steps`` sampler steps, 8
+    calibration samples; ``extra`` overrides), under ``root``; returns its ``artifact`` directory."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -78,10 +78,10 @@ def make_artifact(root: Path, method: str, steps: int = 4) -> Path:
     from tfmq_exp.paths import config_dir
     from tfmq_exp.pipeline import run_pipeline
 
-    overrides = [f"method={method}", "quant=w8a8", f"sampler.num_steps={steps}", "calib.num_samples=8",
+    overrides = [f"method={method}", f"quant={quant}", f"sampler.num_steps={steps}", "calib.num_samples=8",
                  "eval.num_samples=16", "eval.batch_size=16", "eval.trajectory_samples=2", "eval.kid_subset_size=8",
                  "method.recon.iters=20", "logger=none", "runtime.progress=false",
-                 f"runtime.cache_dir={root / 'cache'}"]  # fmt: skip
+                 f"runtime.cache_dir={root / 'cache'}", *extra]  # fmt: skip
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -98,3 +98,39 @@ def test_tfmq_artifact_is_one_graph_fed_by_its_own_quantized_tib(tmp_path_factor
     assert result["kind"] == "tib_fsc" and result["groups"] is None
     sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
     assert set(sqnr) == {"int8", "int8_ort", "int8_openvino"} and min(sqnr.values()) >= 30.0, result
+
+
+def test_selected_artifact_deploys_with_its_own_mix_of_cache_rows_and_quantized_tib(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """W4A8, a 5-bit cache, per-timestep selection: the cache wins some (feature, timestep) pairs, the quantized TIB
+    the rest;
+    the deployed graphs take the model's own features as inputs and match its fake-quant output."""
+    from tfmq_exp.deploy.artifact_variants import artifact_kind
+    from tfmq_exp.deploy.temporal import quantized_tib_table
+    from tfmq_exp.temporal.maintenance import iter_cache_modules
+
+    artifact = make_artifact(tmp_path_factory.mktemp("selected"), "tfmq_select", STEPS, quant="w4a8",
+                             extra=["method.select.per_timestep=true", "method.cache_bits=5"])
+    unet_q, unet_fp, config = load_calibrated(artifact)
+    assert config.method.maintenance == "select" and next(iter_cache_modules(unet_q), None) is not None
+    float_unet, qparams = deployment_inputs(unet_q, unet_fp, removed_by_cache=tib_layout(unet_fp).layer_names,
+                                            allow_per_timestep=True)
+    assert artifact_kind(unet_q, unet_fp, qparams) == "selected"
+    timesteps = [int(t) for t in sampling_timesteps(config.sampler, config.model)]
+    table = quantized_tib_table(unet_q, unet_fp, timesteps)
+    received: dict = {}
+    hooks = [unet_q.get_submodule(projection).register_forward_hook(
+        lambda _m, _i, output, name=name: received.__setitem__(name, output[0].detach()))
+        for name, projection in tib_layout(unet_fp).projections.items()]  # fmt: skip
+    with torch.no_grad():
+        for t in timesteps:
+            unet_q(torch.randn(1, 1, 8, 8), torch.tensor(t))
+            for name, value in received.items():  # what the fake-quant model used at t, cache row or TIB output
+                assert torch.allclose(table.features[name][table.index(t)], value, atol=1e-6), (t, name)
+    for hook in hooks:
+        hook.remove()
+    result = benchmark_artifact(artifact, batch_size=2, repeats=1, compile=False)
+    assert result["kind"] == "selected" and result["method"] == "tfmq_select"
+    sqnr = result["sqnr_db_vs_fake_quant_per_variant"]
+    assert set(sqnr) == {"int8", "int8_ort", "int8_openvino"} and min(sqnr.values()) >= 30.0, result

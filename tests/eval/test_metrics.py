@@ -203,3 +203,31 @@ def test_reference_metrics_are_checked_before_any_weights(tmp_path: Path, monkey
         compute_metrics(images, resolve_reference(stats), "rgb", metrics=["fid"])
     with pytest.raises(ValueError, match="domain 'rgb'"):
         compute_metrics(images, resolve_reference(stats), "digits", metrics=["fid"])
+
+
+def test_the_inception_layer_reaches_fid_and_kid(random_inception: Path, tmp_path: Path) -> None:
+    """``eval.inception_layer``: FID / KID on the 64-d block features differ from the 2048-d pool features, and a
+    statistics file of the other dimension is refused; the reference's key holds the layer only when not 2048."""
+    from tfmq_exp.eval.protocol import protocol_payload
+    from tfmq_exp.eval.real_reference import resolve_reference
+    from tests.helpers import small_config
+    from tfmq_exp.config.schema import MethodConfig, ModelConfig, QuantConfig
+
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (4, 3, 16, 16), generator=generator, dtype=torch.uint8)
+    fake = torch.randint(0, 128, (4, 3, 16, 16), generator=generator, dtype=torch.uint8)
+    by_layer = {layer: compute_metrics(fake, real, "rgb", metrics=["fid", "kid"], kid_subset_size=4,
+                                       inception_weights=str(random_inception), inception_layer=layer)
+                for layer in ("64", "2048")}  # fmt: skip
+    assert by_layer["64"]["fid"] != by_layer["2048"]["fid"] and by_layer["64"]["kid"] != by_layer["2048"]["kid"]
+    stats = tmp_path / "stats.npz"
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(UserError, match="2048-d features"):
+        compute_metrics(fake, resolve_reference(str(stats)), "rgb", metrics=["fid"],
+                        inception_weights=str(random_inception), inception_layer="64")  # fmt: skip
+    config = small_config(QuantConfig(name="q"), MethodConfig(name="m"), model=ModelConfig(name="m", domain="rgb"))
+    assert "inception_layer" not in protocol_payload(config, "w")
+    config.eval.inception_layer = "64"
+    assert protocol_payload(config, "w")["inception_layer"] == "64"
+    with pytest.raises(ValueError, match="eval.inception_layer"):
+        type(config.eval)(inception_layer="100")

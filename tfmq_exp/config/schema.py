@@ -64,6 +64,7 @@ SAMPLERS = ("ddim", "ddpm", "plms", "dpmsolver++")  # tfmq_exp.eval.schedulers.S
 TASKS = ("run", "train_digits", "train_extractor")  # tfmq_exp.models.tasks.TASKS runs them
 CALIB_STEP_SELECTIONS = ("all", "uniform", "normal")  # tfmq_exp.calib.steps.STEP_SELECTIONS implements them
 MAINTENANCES = ("tib", "cache", "select")  # tfmq_exp.temporal.maintenance.MAINTENANCES installs them
+INCEPTION_LAYERS = ("64", "192", "768", "2048")  # torch-fidelity's inception-v3-compat feature layers
 PUBLISHED_FP_PATTERNS = ("conv_in", "conv_out", "time_embedding.linear_1", "*.conv_shortcut", "*.downsamplers.*")
 
 
@@ -389,6 +390,11 @@ class EvalConfig:
         fp_dtype: precision of the full-precision reference's sampling: ``float32``, or ``bfloat16`` / ``float16``
             mixed precision (:func:`~tfmq_exp.devices.sampling_precision`; ``float16`` on CUDA only). Quantized
             models always sample in float32 (the quantization simulation is fp32).
+        inception_layer: the Inception-v3 feature layer of FID and KID in the ``rgb`` domain (torch-fidelity's
+            ``feature_layer_fid`` / ``feature_layer_kid``): ``2048`` (the pool features every published FID uses,
+            the default), or ``64`` / ``192`` / ``768`` (the earlier blocks; for sets smaller than the feature
+            dimension, whose 2048-d covariance is singular, and for fast smoke runs). Numbers are comparable
+            only at the same layer.
     """
 
     num_samples: int = 1000
@@ -404,9 +410,11 @@ class EvalConfig:
     clip_model: Optional[str] = None
     prompts: Optional[str] = None
     fp_dtype: str = "float32"
+    inception_layer: str = "2048"
 
     def __post_init__(self) -> None:
         _check_choice("eval.fp_dtype", self.fp_dtype, ("float32", "bfloat16", "float16"))
+        _check_choice("eval.inception_layer", str(self.inception_layer), INCEPTION_LAYERS)
         _check_range("eval.num_samples", self.num_samples, (2, 10_000_000))
         _check_range("eval.batch_size", self.batch_size, (1, 1_000_000))
         for metric in self.metrics:

@@ -1,6 +1,6 @@
 """The deployed paths of one calibrated artifact, each built once with its build time and memory measured.
 
-Four kinds of artifact (:func:`artifact_kind`):
+Five kinds of artifact (:func:`artifact_kind`):
 
 - ``static`` (e.g. ``naive``, ``qdiffusion``): one parameter set; PT2E int8 (``int8``) and our QDQ export on ONNX
   Runtime / OpenVINO (``int8_ort`` / ``int8_openvino``).
@@ -9,6 +9,9 @@ Four kinds of artifact (:func:`artifact_kind`):
 - ``cache`` (``tfmq_cache``): the TIB is replaced by the artifact's own table of quantized temporal features
   (:func:`~tfmq_exp.deploy.temporal.cache_table`, the core cache's dequantized rows);
   the same three paths with the TIB removed from every graph and the features fed as inputs per timestep.
+- ``selected`` (``tfmq_select``, or a cache with the TIB as fallback): part cache rows, part quantized TIB; both
+  depend on ``t`` alone, so the model's own temporal path is evaluated once per sampling timestep
+  (:func:`~tfmq_exp.deploy.temporal.quantized_tib_table`) and deploys as ``cache`` does.
 - ``per_timestep`` (``tfmq_released``, FSC on every activation quantizer): one QDQ graph per timestep group with
   shared weights (:mod:`tfmq_exp.deploy.grouped_onnx`), dispatched by timestep (``int8_ort_grouped`` /
   ``int8_openvino_grouped``). PT2E has one static graph and is skipped with one line.
@@ -33,7 +36,7 @@ from torch import nn
 from tfmq_exp.deploy.from_quantized import deployment_inputs
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.qparams import LayerQParams
-from tfmq_exp.deploy.temporal import cache_table, quantized_tib_table, tib_layout
+from tfmq_exp.deploy.temporal import cache_table, quantized_tib_table, serves_features_from_tables, tib_layout
 from tfmq_exp.temporal.features import TemporalFeatureSet
 from tfmq_exp.deploy.timestep_groups import per_timestep_layers
 from tfmq_exp.temporal.maintenance import iter_cache_modules
@@ -54,7 +57,7 @@ class ArtifactVariants:
     """Runners of one artifact's deployed paths and what building each cost.
 
     Attributes:
-        kind: ``static``, ``cache`` or ``per_timestep``.
+        kind: ``static``, ``tib_fsc``, ``cache``, ``selected`` or ``per_timestep`` (:func:`artifact_kind`).
         unet_fp: the full-precision UNet (``fp32_eager``; exported for ``fp32_ort``).
         runners: variant name -> denoiser ``(sample, timesteps) -> eps``.
         build_s / rss_mb: per variant, seconds to build and resident-memory growth in MiB.
@@ -88,15 +91,24 @@ class ArtifactVariants:
         self.rss_mb[name] = round((rss_bytes() - before) / 2**20, 2)
 
 
-def artifact_kind(unet_q: nn.Module, qparams: Dict[str, LayerQParams], tib_layers: Sequence[str]) -> str:
-    """``cache`` when the model holds temporal-feature cache modules; else ``per_timestep`` when a layer outside the
-    TIB has FSC parameters, ``tib_fsc`` when only TIB layers have them, ``static`` when none has."""
+def artifact_kind(unet_q: nn.Module, unet_fp: nn.Module, qparams: Dict[str, LayerQParams]) -> str:
+    """``cache`` when every temporal feature comes from a cache table, ``selected`` when cache modules serve part of
+    them; else ``per_timestep`` when a layer outside the TIB has FSC parameters, ``tib_fsc`` when only TIB layers
+    have them, ``static`` when none has.
+
+    Raises:
+        ValueError: cache modules beside per-timestep parameters outside the TIB (one graph per timestep group
+            with features as inputs is not built).
+    """
+    fsc_outside_tib = set(per_timestep_layers(qparams)) - set(tib_layout(unet_fp).layer_names)
     if next(iter_cache_modules(unet_q), None) is not None:
-        return "cache"
-    fsc = set(per_timestep_layers(qparams))
-    if fsc - set(tib_layers):
+        if fsc_outside_tib:
+            raise ValueError("a temporal-feature cache beside per-timestep (FSC) parameters outside the TIB "
+                             f"({len(fsc_outside_tib)} layers) is not deployed")
+        return "cache" if serves_features_from_tables(unet_q, unet_fp) else "selected"
+    if fsc_outside_tib:
         return "per_timestep"
-    return "tib_fsc" if fsc else "static"
+    return "tib_fsc" if per_timestep_layers(qparams) else "static"
 
 
 def _files(*paths: Path) -> int:
@@ -120,11 +132,11 @@ def build_variants(
     """
     tib = tib_layout(unet_fp).layer_names
     float_unet, qparams = deployment_inputs(unet_q, unet_fp, removed_by_cache=tib, allow_per_timestep=True)
-    variants = ArtifactVariants(kind=artifact_kind(unet_q, qparams, tib), unet_fp=unet_fp)
+    variants = ArtifactVariants(kind=artifact_kind(unet_q, unet_fp, qparams), unet_fp=unet_fp)
     cache = None
     if variants.kind == "cache":
         cache = cache_table(unet_q, unet_fp)
-    elif variants.kind == "tib_fsc":
+    elif variants.kind in ("tib_fsc", "selected"):
         cache = quantized_tib_table(unet_q, unet_fp, timesteps)
     if cache is not None:  # the TIB leaves every graph
         qparams = {name: params for name, params in qparams.items() if name not in set(tib)}

@@ -41,8 +41,7 @@ def load_calibrated(artifact: str | Path) -> tuple[torch.nn.Module, torch.nn.Mod
     """``(unet_q, unet_fp, config)`` of an artifact directory, the model rebuilt from the artifact's config.
 
     Raises:
-        UserError: the directory is not an artifact, or its model uses disturbance-aware selection
-            (``method.maintenance=select``: part cache, part TIB, not deployed yet).
+        UserError: the directory is not an artifact.
     """
     from tfmq_exp.ptq import load_quantized
 
@@ -53,9 +52,6 @@ def load_calibrated(artifact: str | Path) -> tuple[torch.nn.Module, torch.nn.Mod
     stored = json.loads(meta_path.read_text())["config"]
     config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), stored))
     assert isinstance(config, Config)
-    if config.method.maintenance not in ("tib", "cache"):
-        raise UserError(f"--artifact: method.maintenance={config.method.maintenance} is not lowered from an artifact "
-                        "yet; lower a TIB-maintained run (e.g. method=tfmq or qdiffusion)")
     loaded = load_model(config.model)
     config = dataclasses.replace(config, model=loaded.model, artifact=str(artifact))
     quantized = load_quantized(loaded.unet, config, StageTimer())
@@ -68,7 +64,7 @@ def benchmark_artifact(
     """Deploy an artifact and time every path side by side; SQNR of each int8 path vs fake-quant at every timestep.
 
     Args:
-        artifact: the ``artifact`` directory of a quantized run (static, cache or per-timestep parameters:
+        artifact: the ``artifact`` directory of a quantized run (static, cache, selected or per-timestep parameters:
             :mod:`tfmq_exp.deploy.artifact_variants`).
         batch_size: samples per forward (the graphs are specialised to it).
         repeats: timed rounds (interleaved, after two warm-up rounds).

@@ -20,6 +20,17 @@ from torch import nn
 from tfmq_exp.deploy.qparams import LayerQParams
 from tfmq_exp.errors import UserError
 from tfmq_exp.quant import export_layer_qparams
+from tfmq_exp.temporal.maintenance import iter_cache_modules
+
+
+def _float_name(name: str, wrappers: Iterable[str]) -> str:
+    """The full-precision model's name of a quantized layer: a TIB layer that a temporal-feature cache module keeps
+    as its fallback (``<module>.fallback[.<child>]``, selected per timestep) is ``<module>[.<child>]`` there."""
+    for wrapper in wrappers:
+        prefix = f"{wrapper}.fallback"
+        if name == prefix or name.startswith(prefix + "."):
+            return wrapper + name[len(prefix):]
+    return name
 
 
 def deployment_inputs(
@@ -45,7 +56,9 @@ def deployment_inputs(
     removed = set(removed_by_cache)
     float_unet = copy.deepcopy(unet_fp).eval()
     qparams: Dict[str, LayerQParams] = {}
-    for name, entry in export_layer_qparams(unet_q).items():
+    wrappers = [name for name, _ in iter_cache_modules(unet_q)]
+    for wrapped_name, entry in export_layer_qparams(unet_q).items():
+        name = _float_name(wrapped_name, wrappers)
         if "weight" not in entry:  # attention processors: their matmuls stay in floating point
             continue
         if entry.get("act_split") is not None or entry.get("weight_split") is not None:

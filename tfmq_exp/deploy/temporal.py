@@ -168,16 +168,39 @@ def fp_feature_table(
 
 
 def quantized_tib_table(unet_q: nn.Module, unet_fp: nn.Module, timesteps: Sequence[int]) -> TemporalFeatureSet:
-    """The temporal features a TIB-maintained quantized UNet computes, one timestep at a time.
+    """The temporal features a quantized UNet computes, one timestep at a time: its quantized TIB, or the mix that
+    disturbance-aware selection installed (cache rows where selected, the quantized TIB elsewhere).
 
-    ``e_i(t)`` depends on ``t`` alone, so evaluating the quantized TIB (its per-timestep FSC parameters selected
-    through the model's timestep context) once per sampling timestep gives exactly the features the fake-quant
-    model uses; the deployed graph then takes them as inputs and holds no per-timestep parameter. Nothing is
-    calibrated: the artifact's own TIB is run.
+    ``e_i(t)`` depends on ``t`` alone, so evaluating the model's own temporal path (its per-timestep FSC
+    parameters and cache rows selected through the model's timestep context) once per sampling timestep gives
+    exactly the features the fake-quant model uses; the deployed graph then takes them as inputs and holds no
+    per-timestep parameter. Nothing is calibrated: the artifact's own TIB and tables are run.
     """
     tib_layout(unet_fp)
-    context = timestep_context_of(unet_q) or TimestepContext()
-    return collect_quantized_temporal_features(get_adapter(unet_q), context, [int(t) for t in timesteps])
+    return collect_quantized_temporal_features(get_adapter(unet_q), _timestep_context(unet_q), [int(t) for t in timesteps])
+
+
+def _timestep_context(unet_q: nn.Module) -> TimestepContext:
+    """The one context ``unet_q``'s per-timestep quantizers and temporal-feature cache modules read (a fresh one
+    when nothing in it reads the timestep)."""
+    from tfmq_exp.temporal.maintenance import iter_cache_modules
+
+    readers = [timestep_context_of(unet_q), *(module.context for _, module in iter_cache_modules(unet_q))]
+    contexts = {id(context): context for context in readers if context is not None}
+    if len(contexts) > 1:
+        raise ValueError(f"the quantized UNet's per-timestep parts read {len(contexts)} different timestep contexts")
+    return next(iter(contexts.values()), None) or TimestepContext()
+
+
+def _is_table(module: nn.Module) -> bool:
+    return isinstance(module, CachedTemporalFeature) and module.fallback is None
+
+
+def serves_features_from_tables(unet_q: nn.Module, unet_fp: nn.Module) -> bool:
+    """Whether every temporal feature of ``unet_q`` comes from a core cache table with no TIB behind it
+    (``method.maintenance=cache`` without fallback): :func:`cache_table` then reads them as they are. A selected
+    mix (``method.maintenance=select``) or a cache with the TIB as fallback is read by :func:`quantized_tib_table`."""
+    return all(_is_table(unet_q.get_submodule(name)) for name in tib_layout(unet_fp).projections.values())
 
 
 def cache_table(unet_q: nn.Module, unet_fp: nn.Module) -> TemporalFeatureSet:
@@ -194,7 +217,7 @@ def cache_table(unet_q: nn.Module, unet_fp: nn.Module) -> TemporalFeatureSet:
     timesteps: Optional[List[int]] = None
     for feature, projection in tib_layout(unet_fp).projections.items():
         module = unet_q.get_submodule(projection)
-        if not isinstance(module, CachedTemporalFeature) or module.fallback is not None:
+        if not _is_table(module):
             raise ValueError(f"{projection} is not a temporal-feature cache table without TIB fallback "
                              "(method.maintenance=cache, method.cache_fallback=false)")
         order = module.cached_timesteps()

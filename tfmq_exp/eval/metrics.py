@@ -52,6 +52,7 @@ __all__ = [
 METRICS = ("fid", "kid", "isc", "prc")
 DOMAINS = ("digits", "rgb")
 INCEPTION_EXTRACTOR = "inception-v3-compat"
+DEFAULT_INCEPTION_LAYER = "2048"  # the pool features of every published FID (eval.inception_layer)
 RESULT_KEYS = {
     "frechet_inception_distance": "fid",
     "kernel_inception_distance_mean": "kid",
@@ -120,11 +121,19 @@ def resolve_inception_weights(inception_weights: str | os.PathLike | None = None
     return path
 
 
-def _extractor_kwargs(domain: str, inception_weights: str | os.PathLike | None = None) -> dict:
+def _inception_layers(layer: str) -> dict:
+    """torch-fidelity's feature-layer arguments of FID and KID (IS keeps its logits, precision / recall theirs)."""
+    return {"feature_layer_fid": str(layer), "feature_layer_kid": str(layer)}
+
+
+def _extractor_kwargs(
+    domain: str, inception_weights: str | os.PathLike | None = None, inception_layer: str = DEFAULT_INCEPTION_LAYER
+) -> dict:
     if domain == "digits":
         return {"feature_extractor": register_digits_extractor()}
     weights = resolve_inception_weights(inception_weights)
-    return {"feature_extractor": INCEPTION_EXTRACTOR, "feature_extractor_weights_path": str(weights)}
+    return {"feature_extractor": INCEPTION_EXTRACTOR, "feature_extractor_weights_path": str(weights),
+            **_inception_layers(inception_layer)}  # fmt: skip
 
 
 def _rgb(images: torch.Tensor) -> torch.Tensor:
@@ -141,6 +150,7 @@ def _reference_metrics(
     prc_neighborhood: int,
     device: str,
     batch_size: int,
+    inception_layer: str = DEFAULT_INCEPTION_LAYER,
 ) -> dict:
     """torch-fidelity's raw result dict of ``fake`` against an ``eval.reference`` (domain ``rgb``)."""
     ref.check_metrics(metrics)
@@ -151,6 +161,7 @@ def _reference_metrics(
         save_cpu_ram=True,
         feature_extractor=INCEPTION_EXTRACTOR,
         feature_extractor_weights_path=weights,
+        **_inception_layers(inception_layer),
     )
     fake_set = ImageTensorDataset(_rgb(fake))
     if ref.kind == "stats":
@@ -225,6 +236,7 @@ def compute_metrics(
     batch_size: int = 250,
     inception_weights: str | os.PathLike | None = None,
     cache_root: str | os.PathLike | None = None,
+    inception_layer: str = DEFAULT_INCEPTION_LAYER,
 ) -> dict[str, float]:
     """FID / KID / IS / precision-recall of generated images against real ones.
 
@@ -243,6 +255,7 @@ def compute_metrics(
             ``None`` looks in the torch hub cache (:func:`inception_weights_path`). Ignored by ``digits``.
         cache_root: where torch-fidelity caches a ``RealReference``'s features and FID statistics (the caller's
             store dir / ``"fidelity"``); ``None`` caches nothing. Tensor references are never cached.
+        inception_layer: domain ``rgb``: the Inception feature layer of FID and KID (``eval.inception_layer``).
 
     Returns:
         A subset of ``fid``, ``kid``, ``kid_std``, ``isc``, ``isc_std``, ``precision``, ``recall``, ``f_score``.
@@ -264,7 +277,8 @@ def compute_metrics(
         real.check_metrics(metrics)
         weights = str(resolve_inception_weights(inception_weights))
         raw = _reference_metrics(
-            fake, real, metrics, weights, cache_root, kid_subset_size, prc_neighborhood, device, batch_size
+            fake, real, metrics, weights, cache_root, kid_subset_size, prc_neighborhood, device, batch_size,
+            inception_layer,
         )
         return {RESULT_KEYS[key]: float(value) for key, value in raw.items() if key in RESULT_KEYS}
     if domain == "rgb":
@@ -280,7 +294,7 @@ def compute_metrics(
         kid_subset_size=min(kid_subset_size, len(fake), len(real)),
         prc_neighborhood=prc_neighborhood,
         **{metric: metric in metrics for metric in METRICS},
-        **_extractor_kwargs(domain, inception_weights),
+        **_extractor_kwargs(domain, inception_weights, inception_layer),
     )
     return {RESULT_KEYS[key]: float(value) for key, value in raw.items() if key in RESULT_KEYS}
 

@@ -47,6 +47,8 @@ def protocol_payload(config: Config, weights_id: str, conditions: dict[str, Any]
     }
     if config.eval.fp_dtype != "float32":  # only then, so that float32 references keep their keys
         payload["fp_dtype"] = config.eval.fp_dtype
+    if config.model.domain == "rgb" and str(config.eval.inception_layer) != "2048":  # likewise for 2048-d features
+        payload["inception_layer"] = str(config.eval.inception_layer)
     if conditions:
         payload["conditions"] = conditions
     if config.model.domain == "rgb":
@@ -74,7 +76,7 @@ def _rgb_kwargs(config: Config) -> dict[str, Any]:
     """Inception weights, and where torch-fidelity caches the reference statistics (computed once, then reused)."""
     from pathlib import Path
 
-    return {"inception_weights": config.eval.inception_weights,
+    return {"inception_weights": config.eval.inception_weights, "inception_layer": str(config.eval.inception_layer),
             "cache_root": str(Path(config.runtime.cache_dir) / "fidelity")}  # fmt: skip
 
 
