@@ -14,18 +14,31 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["eval.num_samples=64", "eval.batch_size=64", "eval.trajectory_samples=8", "sampler=ddim20", "runtime.progress=false"]
 
 
-def run_cli(run_dir: Path, cache: Path, *overrides: str, env_extra: dict | None = None) -> dict:
+def run_cli_with_output(
+    run_dir: Path, cache: Path, *overrides: str, env_extra: dict | None = None
+) -> tuple[dict, str]:
+    """One CLI run in a fresh process: its ``summary.json`` and what it printed on stdout."""
     env = {**os.environ, "TFMQ_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env_extra or {})}
     result = subprocess.run(
         [sys.executable, "-m", "tfmq_exp", *SMALL, *overrides, f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((run_dir / "summary.json").read_text())
+    return json.loads((run_dir / "summary.json").read_text()), result.stdout
 
 
-def test_fp_run_writes_summary_grid_and_wandb(tmp_path: Path) -> None:
-    summary = run_cli(tmp_path / "run", tmp_path / "cache", "method=fp")
+def run_cli(run_dir: Path, cache: Path, *overrides: str, env_extra: dict | None = None) -> dict:
+    return run_cli_with_output(run_dir, cache, *overrides, env_extra=env_extra)[0]
+
+
+def test_fp_run_writes_summary_grid_and_wandb_and_ends_with_the_table(tmp_path: Path) -> None:
+    from tests.tracking.test_result_table import table_row
+
+    summary, stdout = run_cli_with_output(tmp_path / "run", tmp_path / "cache", "method=fp")
+    tail = stdout.strip().splitlines()[-14:]  # the result table (issue 14 item 8) ends a single run
+    assert tail[0] == "method=fp, quant=fp32, model=digits, seed=0: ok", stdout[-2000:]
+    assert table_row("\n".join(tail), "samples") == [str(tmp_path / "run" / "samples.png")]
+    assert tail[-1].split() == ["figures", "-"]  # the FP reference draws no temporal figures
     assert summary["status"] == "ok" and summary["method"] == "fp" and summary["model"] == "digits"
     metrics = summary["metrics"]
     for key in ("fid", "kid", "isc", "precision", "recall", "num_samples", "fid_fp"):

@@ -1,18 +1,13 @@
-"""The result table a single run prints at its end (issue 14 item 8)."""
+"""The result table a single run prints at its end (issue 14 item 8); a real CLI run ending with it:
+``tests/test_pipeline.py::test_fp_run_writes_summary_grid_and_wandb_and_ends_with_the_table``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tfmq_exp.tracking.result_table import format_result_table
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _row(table: str, label: str) -> list[str]:
+def table_row(table: str, label: str) -> list[str]:
     """The cells of the row whose label is ``label`` (labels may hold single spaces; cells are split by two)."""
     for line in table.splitlines():
         if line.strip().startswith(label):
@@ -37,16 +32,16 @@ def test_table_shows_metrics_references_deltas_times_and_paths(tmp_path: Path) -
     (tmp_path / "figures").mkdir()
     table = format_result_table(_quantized_summary(tmp_path))
     assert table.splitlines()[0] == "method=tfmq, quant=w4a8, model=digits, seed=3: ok"
-    assert _row(table, "FID") == ["12.5", "10.25", "+2.25"]
-    assert _row(table, "KID") == ["0.0123", "0.0101", "+0.0022"]
-    assert _row(table, "temporal rel. MSE") == ["0.00182"]
-    assert _row(table, "temporal cos_min") == ["0.9966"]
-    assert _row(table, "model size ratio") == ["0.1727"]
-    assert _row(table, "load") == ["0.2"] and _row(table, "reconstruction") == ["614.4"]
-    assert _row(table, "sampling_and_metrics") == ["153.8"] and _row(table, "total") == ["851.1"]
-    assert _row(table, "run dir") == [str(tmp_path)]
-    assert _row(table, "samples") == [str(tmp_path / "samples.png")]
-    assert _row(table, "figures") == [str(tmp_path / "figures")]
+    assert table_row(table, "FID") == ["12.5", "10.25", "+2.25"]
+    assert table_row(table, "KID") == ["0.0123", "0.0101", "+0.0022"]
+    assert table_row(table, "temporal rel. MSE") == ["0.00182"]
+    assert table_row(table, "temporal cos_min") == ["0.9966"]
+    assert table_row(table, "model size ratio") == ["0.1727"]
+    assert table_row(table, "load") == ["0.2"] and table_row(table, "reconstruction") == ["614.4"]
+    assert table_row(table, "sampling_and_metrics") == ["153.8"] and table_row(table, "total") == ["851.1"]
+    assert table_row(table, "run dir") == [str(tmp_path)]
+    assert table_row(table, "samples") == [str(tmp_path / "samples.png")]
+    assert table_row(table, "figures") == [str(tmp_path / "figures")]
     value_ends = {len(line) for line in table.splitlines()[1:6]}
     assert len(value_ends) == 2  # right-aligned columns: rows end at the "delta" or at the "run" column edge
 
@@ -55,29 +50,15 @@ def test_missing_sections_print_a_dash(tmp_path: Path) -> None:
     summary = {"status": "ok", "method": "fp", "quant": "fp32", "model": "digits", "seed": 0, "run_dir": str(tmp_path),
                "metrics": {"fid": 6.5, "fid_fp": 6.5, "fid_delta": 0.0}, "timing": {"load_s": 0.03, "total_s": 0.2}}
     table = format_result_table(summary)
-    assert _row(table, "FID") == ["6.5", "6.5", "+0"]
-    assert _row(table, "KID") == ["-", "-", "-"]
+    assert table_row(table, "FID") == ["6.5", "6.5", "+0"]
+    assert table_row(table, "KID") == ["-", "-", "-"]
     for label in ("temporal rel. MSE", "temporal cos_min", "model size ratio", "samples", "figures"):
-        assert _row(table, label) == ["-"], label
+        assert table_row(table, label) == ["-"], label
     assert "reconstruction" not in table
 
 
 def test_a_failed_run_shows_its_error_and_an_empty_summary_only_dashes() -> None:
     table = format_result_table({"status": "failed", "error": "TypeError: boom", "method": "tfmq"})
     assert table.splitlines()[:2] == ["method=tfmq, quant=-, model=-, seed=-: failed", "error: TypeError: boom"]
-    assert _row(table, "stage times (s)") == ["-"] and _row(table, "run dir") == ["-"]
+    assert table_row(table, "stage times (s)") == ["-"] and table_row(table, "run dir") == ["-"]
     assert format_result_table({})  # no key is required
-
-
-def test_a_single_cli_run_ends_with_the_table(tmp_path: Path) -> None:
-    env = {**os.environ, "TFMQ_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tfmq_exp", "method=fp", "eval.num_samples=16", "eval.batch_size=16",
-         "sampler.num_steps=5", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    tail = result.stdout.strip().splitlines()[-14:]
-    assert tail[0] == "method=fp, quant=fp32, model=digits, seed=0: ok", result.stdout[-2000:]
-    assert _row("\n".join(tail), "samples") == [str(tmp_path / "run" / "samples.png")]
-    assert tail[-1].split() == ["figures", "-"]  # the FP reference draws no temporal figures
