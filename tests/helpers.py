@@ -141,3 +141,11 @@ def attach_fsc(unet_q: nn.Module, layer_names: Iterable[str], timesteps: Sequenc
     if layers:
         enable_per_timestep([layer for layer in layers if isinstance(layer, QuantLinear)], timesteps, context)
     return context
+
+
+def table_row(table: str, label: str) -> list[str]:
+    """The cells of the row whose label is ``label`` (labels may hold single spaces; cells are split by two)."""
+    for line in table.splitlines():
+        if line.strip().startswith(label):
+            return line.strip()[len(label):].split()
+    raise AssertionError(f"no row {label!r} in\n{table}")

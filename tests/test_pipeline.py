@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import table_row
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["eval.num_samples=64", "eval.batch_size=64", "eval.trajectory_samples=8", "sampler=ddim20", "runtime.progress=false"]
 
@@ -32,8 +34,6 @@ def run_cli(run_dir: Path, cache: Path, *overrides: str, env_extra: dict | None 
 
 
 def test_fp_run_writes_summary_grid_and_wandb_and_ends_with_the_table(tmp_path: Path) -> None:
-    from tests.tracking.test_result_table import table_row
-
     summary, stdout = run_cli_with_output(tmp_path / "run", tmp_path / "cache", "method=fp")
     tail = stdout.strip().splitlines()[-14:]  # the result table (issue 14 item 8) ends a single run
     assert tail[0] == "method=fp, quant=fp32, model=digits, seed=0: ok", stdout[-2000:]

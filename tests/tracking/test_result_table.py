@@ -5,15 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.helpers import table_row
 from tfmq_exp.tracking.result_table import format_result_table
-
-def table_row(table: str, label: str) -> list[str]:
-    """The cells of the row whose label is ``label`` (labels may hold single spaces; cells are split by two)."""
-    for line in table.splitlines():
-        if line.strip().startswith(label):
-            return line.strip()[len(label):].split()
-    raise AssertionError(f"no row {label!r} in\n{table}")
-
 
 def _quantized_summary(run_dir: Path) -> dict:
     return {
