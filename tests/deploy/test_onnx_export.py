@@ -162,3 +162,35 @@ def test_runtimes_own_int8_can_keep_our_float_layers_in_float(calibrated, inputs
     default = nncf_int8(float_path, calibration)
     same = nncf_int8(float_path, calibration, exclude=exclude)
     assert _openvino_int8_layers(same, inputs) == len(qparams) < _openvino_int8_layers(default, inputs)
+
+
+def _openvino_int8_matmuls(path: Path, inputs: Inputs) -> int:
+    """How many MatMuls, or fused subgraphs holding them (OpenVINO's attention snippets), the CPU plugin runs in
+    u8 / i8."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    model.reshape({"sample": list(inputs[0].shape), "timesteps": [inputs[0].shape[0]]})
+    runtime = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model()
+    return len([op for op in runtime.get_ops() if op.get_rt_info()["layerType"].astype(str) in ("Subgraph", "MatMul")
+                and op.get_rt_info()["runtimePrecision"].astype(str) in ("u8", "i8")])  # fmt: skip
+
+
+def test_attention_matmuls_export_with_their_calibrated_operands(inputs: Inputs, tmp_path: Path) -> None:
+    """The fake-quant model quantizes q, k, softmax(q k^T) and v; exported with those parameters, OpenVINO runs
+    each attention in u8 and its output is closer to the fake-quant model than with float attention."""
+    from tfmq_exp.deploy.from_quantized import attention_inputs
+
+    unet_fp, unet_q = project_calibrated()  # attention quantizers on, as in every quantized run
+    float_unet, qparams = deployment_inputs(unet_q, unet_fp)
+    attention = attention_inputs(unet_q)
+    attentions = [name for name, _ in iter_attn_processors(unet_q)]
+    assert sorted(attention) == sorted(attentions) and all(len(ops) == 4 for ops in attention.values())
+    reference = _fake_quant(unet_q, inputs)
+    sqnr, u8 = {}, {}
+    for name, operands in (("float_attention", None), ("int8_attention", attention)):
+        path = export_onnx(float_unet, tmp_path / f"{name}.onnx", inputs, qparams, attention=operands)
+        sqnr[name] = sqnr_db(openvino_runner(path, 1, inputs)(*inputs), reference)
+        u8[name] = _openvino_int8_matmuls(path, inputs)
+    assert u8["float_attention"] == 0 and u8["int8_attention"] >= len(attentions), u8
+    assert sqnr["int8_attention"] >= 30.0 and sqnr["int8_attention"] > sqnr["float_attention"], sqnr

@@ -33,7 +33,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from tfmq_exp.deploy.from_quantized import deployment_inputs
+from tfmq_exp.deploy.from_quantized import OperandQParams, attention_inputs, deployment_inputs
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.qparams import LayerQParams
 from tfmq_exp.deploy.temporal import cache_table, quantized_tib_table, serves_features_from_tables, tib_layout
@@ -147,15 +147,16 @@ def build_variants(
     else:
         variants.add("int8", lambda: lower_to_int8(float_unet, qparams, example, compile=compile, cache=cache), example)
     if onnx:
-        _add_onnx(variants, float_unet, qparams, example, directory, cache)
+        _add_onnx(variants, float_unet, qparams, example, directory, cache, attention_inputs(unet_q))
     return variants
 
 
 def _add_onnx(
     variants: ArtifactVariants, float_unet: nn.Module, qparams: Dict[str, LayerQParams], example: Batch,
-    directory: Path, cache: Optional[TemporalFeatureSet],
+    directory: Path, cache: Optional[TemporalFeatureSet], attention: Dict[str, Dict[str, OperandQParams]],
 ) -> None:  # fmt: skip
-    """Our QDQ export on ONNX Runtime and OpenVINO (one graph, or one per timestep group)."""
+    """Our QDQ export on ONNX Runtime and OpenVINO (one graph, or one per timestep group); the attention matmuls'
+    static operand parameters are exported too (the per-timestep graphs keep attention in float)."""
     from tfmq_exp.deploy.runtimes import missing_runtimes
 
     missing = missing_runtimes(("onnx", "onnxruntime", "openvino"))
@@ -177,7 +178,7 @@ def _add_onnx(
     feeds = {} if cache is None else {"feeds": cache_feeds(cache)}
     path = directory / "int8_qdq.onnx"
     start = time.perf_counter()
-    export_onnx(float_unet, path, example, qparams, cache=cache)
+    export_onnx(float_unet, path, example, qparams, cache=cache, attention=attention)
     export_s = time.perf_counter() - start
     variants.add("int8_ort", lambda: ort_runner(path, threads, **feeds), example)
     variants.add("int8_openvino", lambda: openvino_runner(path, threads, example, **feeds), example)

@@ -23,6 +23,36 @@ from tfmq_exp.quant import export_layer_qparams
 from tfmq_exp.temporal.maintenance import iter_cache_modules
 
 
+OperandQParams = Tuple[float, int, int]  # (scale, zero_point, bits) of one static per-tensor activation quantizer
+ATTENTION_OPERANDS = ("query", "key", "softmax", "value")
+
+
+def attention_inputs(unet_q: nn.Module) -> Dict[str, Dict[str, OperandQParams]]:
+    """The calibrated parameters of the attention matmuls' operands (q, k, softmax(q k^T), v), for deployment.
+
+    The fake-quant model quantizes both products of every attention (:class:`~tfmq_exp.quant.attention.
+    QuantAttnProcessor`, as Q-Diffusion's ``quant_act_attn``); an int8 graph that does the same runs them as
+    integer matmuls. Only static per-tensor operands of at most 8 bits are returned (uint8 kernels); per-timestep
+    (FSC) operands, identity ones and wider probabilities (e.g. ``quant.softmax_bits=16``) stay in float.
+
+    Returns:
+        Attention module name -> operand name -> ``(scale, zero_point, bits)``; attentions with no such
+        operand are left out.
+    """
+    operands: Dict[str, Dict[str, OperandQParams]] = {}
+    for name, entry in export_layer_qparams(unet_q).items():
+        if "weight" in entry:
+            continue
+        static = {
+            operand: (float(act["scale"]), int(act["zero_point"]), int(act["bits"]))
+            for operand in ATTENTION_OPERANDS
+            if (act := entry.get(operand)) is not None and act["timesteps"] is None and act["bits"] <= 8
+        }
+        if static:
+            operands[name] = static
+    return operands
+
+
 def _float_name(name: str, wrappers: Iterable[str]) -> str:
     """The full-precision model's name of a quantized layer: a TIB layer that a temporal-feature cache module keeps
     as its fallback (``<module>.fallback[.<child>]``, selected per timestep) is ``<module>[.<child>]`` there."""

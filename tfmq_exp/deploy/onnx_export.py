@@ -47,6 +47,7 @@ from onnx.reference import ReferenceEvaluator
 from torch import nn
 from torch.nn.utils import parametrize
 
+from tfmq_exp.deploy.from_quantized import ATTENTION_OPERANDS, OperandQParams
 from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, default_weight_code_max, int8_weight_scale, uint8_act_params
 from tfmq_exp.deploy.qparams import LayerQParams, fake_quantize_weight
 from tfmq_exp.deploy.temporal import (
@@ -55,6 +56,8 @@ from tfmq_exp.deploy.temporal import (
     as_float_timesteps,
     tib_layout,
 )
+from tfmq_exp.quant.attention import ATTN_QUANTIZER_NAMES, QuantAttnProcessor
+from tfmq_exp.quant.spec import AttnQuantSpec
 from tfmq_exp.temporal.features import TemporalFeatureSet
 
 INPUT_NAMES = ("sample", "timesteps")
@@ -85,15 +88,49 @@ def _input_qdq_hook(scale: float, zero_point: int):
     return hook
 
 
+class _ActQDQ(nn.Module):
+    """``x -> fake_quantize_per_tensor_affine(x)`` on the uint8 grid holding a calibrated ``bits``-bit one."""
+
+    def __init__(self, params: OperandQParams) -> None:
+        super().__init__()
+        self.scale, self.zero_point = uint8_act_params(*params)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, *UINT8_RANGE)
+
+
+def qdq_attention(model: nn.Module, attention: Dict[str, Dict[str, OperandQParams]]) -> None:
+    """Give each listed attention module the core's explicit-matmul processor with torch QDQ ops on its operands.
+
+    The processor is the fake-quant model's own :class:`~tfmq_exp.quant.attention.QuantAttnProcessor` (so the
+    graph computes what the evaluated model computes), its four quantizers replaced by ``fake_quantize`` ops with
+    the calibrated parameters (the exporter's QuantizeLinear / DequantizeLinear pairs) or by identities for the
+    operands that stay in float.
+    """
+    for name, operands in attention.items():
+        processor = QuantAttnProcessor(AttnQuantSpec(a_bits=None))
+        for operand, attribute in zip(ATTENTION_OPERANDS, ATTN_QUANTIZER_NAMES):
+            setattr(processor, attribute, _ActQDQ(operands[operand]) if operand in operands else nn.Identity())
+        model.get_submodule(name).set_processor(processor)
+
+
 @torch.no_grad()
-def qdq_module(unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_max: int) -> nn.Module:
+def qdq_module(
+    unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_max: int,
+    attention: Optional[Dict[str, Dict[str, OperandQParams]]] = None,
+) -> nn.Module:  # fmt: skip
     """``SampleTimestepUNet`` of :func:`qdq_layers` (the exported signature ``(sample, timesteps) -> eps``)."""
-    return SampleTimestepUNet(qdq_layers(unet, qparams, weight_code_max)).eval()
+    return SampleTimestepUNet(qdq_layers(unet, qparams, weight_code_max, attention)).eval()
 
 
 @torch.no_grad()
-def qdq_layers(unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_max: int) -> nn.Module:
-    """A copy of ``unet`` whose quantized layers fake-quantize their input (uint8) and weight (int8) with torch ops.
+def qdq_layers(
+    unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_max: int,
+    attention: Optional[Dict[str, Dict[str, OperandQParams]]] = None,
+) -> nn.Module:  # fmt: skip
+    """A copy of ``unet`` whose quantized layers fake-quantize their input (uint8) and weight (int8) with torch ops,
+    and whose attention matmuls (``attention``, :func:`~tfmq_exp.deploy.from_quantized.attention_inputs`) their
+    operands.
 
     Raises:
         NotImplementedError: a layer has per-timestep (FSC) activation parameters (one static graph, one scale).
@@ -110,6 +147,7 @@ def qdq_layers(unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_ma
         parametrize.register_parametrization(module, "weight", _WeightQDQ(scale))
         act_scale, act_zero_point = uint8_act_params(params.act_scale, params.act_zero_point, params.a_bits)
         module.register_forward_pre_hook(_input_qdq_hook(act_scale, act_zero_point))
+    qdq_attention(model, attention or {})
     return model
 
 
@@ -185,6 +223,7 @@ def export_onnx(
     qparams: Optional[Dict[str, LayerQParams]] = None,
     weight_code_max: Optional[int] = None,
     cache: Optional[TemporalFeatureSet] = None,
+    attention: Optional[Dict[str, Dict[str, OperandQParams]]] = None,
 ) -> Path:
     """Export ``unet`` to ONNX, float (``qparams=None``) or QDQ int8 with our parameters; dynamic batch axis.
 
@@ -196,6 +235,8 @@ def export_onnx(
         weight_code_max: int8 weight codes lie in ``[-(M + 1), M]``; default 127 with VNNI / AMX, 63 without.
         cache: cache-based maintenance: the TIB leaves the graph and its features become inputs (one per
             ResNet block, named after it, ``[B, C_i]``); the TIB layers' parameters in ``qparams`` are ignored.
+        attention: the attention matmuls' operand parameters (:func:`~tfmq_exp.deploy.from_quantized.
+            attention_inputs`); ``None`` keeps every attention in float (fused SDPA).
 
     Returns:
         ``path``. Inputs ``sample`` ``[B, C, H, W]`` float32 and ``timesteps`` ``[B]`` float32 (with ``cache``:
@@ -205,7 +246,7 @@ def export_onnx(
     if cache is not None and qparams:
         removed = set(tib_layout(unet).layer_names)
         qparams = {name: params for name, params in qparams.items() if name not in removed}
-    model = qdq_layers(unet, qparams, code_max) if qparams else copy.deepcopy(unet).eval().float()
+    model = qdq_layers(unet, qparams, code_max, attention) if qparams else copy.deepcopy(unet).eval().float()
     sample, timestep = example_inputs
     timesteps = as_float_timesteps(timestep, sample.shape[0])
     input_names = list(INPUT_NAMES)
