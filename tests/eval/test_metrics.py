@@ -206,8 +206,9 @@ def test_reference_metrics_are_checked_before_any_weights(tmp_path: Path, monkey
 
 
 def test_the_inception_layer_reaches_fid_and_kid(random_inception: Path, tmp_path: Path) -> None:
-    """``eval.inception_layer``: FID / KID on the 64-d block features differ from the 2048-d pool features, and a
-    statistics file of the other dimension is refused; the reference's key holds the layer only when not 2048."""
+    """``eval.inception_layer``: FID / KID on the 64-d and 192-d block features differ (the default 2048-d path is
+    tests/eval/test_real_reference.py's), a statistics file of another dimension is refused, and the reference's
+    key holds the layer only when not 2048."""
     from tfmq_exp.eval.protocol import protocol_payload
     from tfmq_exp.eval.real_reference import resolve_reference
     from tests.helpers import small_config
@@ -218,8 +219,8 @@ def test_the_inception_layer_reaches_fid_and_kid(random_inception: Path, tmp_pat
     fake = torch.randint(0, 128, (4, 3, 16, 16), generator=generator, dtype=torch.uint8)
     by_layer = {layer: compute_metrics(fake, real, "rgb", metrics=["fid", "kid"], kid_subset_size=4,
                                        inception_weights=str(random_inception), inception_layer=layer)
-                for layer in ("64", "2048")}  # fmt: skip
-    assert by_layer["64"]["fid"] != by_layer["2048"]["fid"] and by_layer["64"]["kid"] != by_layer["2048"]["kid"]
+                for layer in ("64", "192")}  # fmt: skip
+    assert by_layer["64"]["fid"] != by_layer["192"]["fid"] and by_layer["64"]["kid"] != by_layer["192"]["kid"]
     stats = tmp_path / "stats.npz"
     np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(UserError, match="2048-d features"):
