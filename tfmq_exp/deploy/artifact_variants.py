@@ -39,6 +39,7 @@ from tfmq_exp.deploy.qparams import LayerQParams
 from tfmq_exp.deploy.temporal import cache_table, quantized_tib_table, serves_features_from_tables, tib_layout
 from tfmq_exp.temporal.features import TemporalFeatureSet
 from tfmq_exp.deploy.timestep_groups import per_timestep_layers
+from tfmq_exp.errors import UserError
 from tfmq_exp.temporal.maintenance import iter_cache_modules
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -97,14 +98,15 @@ def artifact_kind(unet_q: nn.Module, unet_fp: nn.Module, qparams: Dict[str, Laye
     have them, ``static`` when none has.
 
     Raises:
-        ValueError: cache modules beside per-timestep parameters outside the TIB (one graph per timestep group
+        UserError: cache modules beside per-timestep parameters outside the TIB (one graph per timestep group
             with features as inputs is not built).
     """
     fsc_outside_tib = set(per_timestep_layers(qparams)) - set(tib_layout(unet_fp).layer_names)
     if next(iter_cache_modules(unet_q), None) is not None:
         if fsc_outside_tib:
-            raise ValueError("a temporal-feature cache beside per-timestep (FSC) parameters outside the TIB "
-                             f"({len(fsc_outside_tib)} layers) is not deployed")
+            raise UserError("--artifact: a temporal-feature cache beside per-timestep (FSC) parameters outside the "
+                            f"TIB ({len(fsc_outside_tib)} layers, method.fsc_scope=all) is not deployed; deploy a run "
+                            "with method.fsc_scope=tib")
         return "cache" if serves_features_from_tables(unet_q, unet_fp) else "selected"
     if fsc_outside_tib:
         return "per_timestep"
