@@ -87,6 +87,42 @@ def test_release_freed_memory_frees_tensors_held_only_by_reference_cycles() -> N
             gc.enable()
 
 
+def test_inside_old_objects_frozen_collections_skip_old_objects_and_still_free_new_cycles() -> None:
+    class Holder:
+        pass
+
+    def holder_in_a_cycle() -> Holder:
+        holder = Holder()
+        holder.myself, holder.rows = holder, torch.ones(1024)
+        return holder
+
+    def cycle() -> "weakref.ref[Holder]":
+        return weakref.ref(holder_in_a_cycle())
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        stale = cycle()  # garbage before the block: the entry collection frees it
+        kept = [holder_in_a_cycle()]  # alive on entry, so frozen; it becomes garbage inside the block
+        old = weakref.ref(kept[0])
+        with devices.old_objects_frozen():
+            assert stale() is None and gc.get_freeze_count() > 0
+            kept.clear()
+            new = cycle()
+            with devices.old_objects_frozen():  # nested: keeps the outer freeze
+                pass
+            assert gc.get_freeze_count() > 0
+            devices.release_freed_memory()
+            assert new() is None  # made inside the block: collected
+            assert old() is not None  # frozen: skipped
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert old() is None  # back in the oldest generation after the block
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @pytest.mark.skipif(devices._glibc_malloc_trim() is None, reason="needs glibc's malloc_trim")
 def test_release_freed_memory_returns_the_heap_pages_free_keeps() -> None:
     """50 000 freed 4 KiB blocks below a live one stay resident after ``free`` (the heap cannot shrink past the

@@ -34,7 +34,7 @@ from tfmq_exp.calib.trajectories import CalibrationData
 from tfmq_exp.quant.switches import quant_state
 from tfmq_exp.calib.steps import reconstruction_indices
 from tfmq_exp.config.schema import CalibConfig, Config, MethodConfig, QuantConfig, reconstruction_fields
-from tfmq_exp.devices import resolve_device
+from tfmq_exp.devices import old_objects_frozen, resolve_device
 from tfmq_exp.fingerprints import weights_fingerprint
 from tfmq_exp.quant import QuantModule, RoundingSchedule, TimestepContext, WeightQuantizer, freeze_weights
 from tfmq_exp.quant import set_soft_rounding
@@ -155,7 +155,11 @@ def setup_key(
 
 @contextlib.contextmanager
 def session(unet_q: nn.Module, unet_fp: nn.Module, device: str, act: bool = False) -> Iterator[None]:
-    """Weights quantized, activations ``act``, eval mode, no float-weight gradients, on ``device``; all restored."""
+    """Weights quantized, activations ``act``, eval mode, no float-weight gradients, on ``device``; all restored.
+
+    The unit loops run in it; the objects that exist on entry are frozen for the cyclic collector
+    (:func:`~tfmq_exp.devices.old_objects_frozen`), so the collection after each unit scans only what units made.
+    """
     places = [(model, next(model.parameters()).device, model.training) for model in (unet_q, unet_fp)]
     grads = [(p, p.requires_grad) for model in (unet_q, unet_fp) for p in model.parameters()]
     for parameter, _ in grads:
@@ -163,7 +167,7 @@ def session(unet_q: nn.Module, unet_fp: nn.Module, device: str, act: bool = Fals
     for model, _, _ in places:
         model.eval().to(device)
     try:
-        with quant_state(unet_q, weight=True, act=act):
+        with quant_state(unet_q, weight=True, act=act), old_objects_frozen():
             yield
     finally:
         for parameter, flag in grads:
