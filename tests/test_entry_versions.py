@@ -37,7 +37,7 @@ SOURCES = {
 RECORDED = {
     "calibration": (1, "b0684d7f5b16389c"),
     "fp_reference": (1, "b5340d6b239f0f22"),
-    "reconstruction": (2, "4d1d25ae99202a4b"),
+    "reconstruction": (2, "8f2f204f2093d495"),
     "act_reconstruction": (1, "6d17c0cd7130294d"),
 }
 

@@ -62,7 +62,8 @@ def test_fp_run_is_deterministic_across_cold_caches(tmp_path: Path) -> None:
 
 
 TINY_QUANT = ["quant=w4a8", "sampler.num_steps=5", "calib.num_samples=8", "calib.recon_samples=32",
-              "method.recon.iters=4", "method.recon.batch_size=8", "eval.num_samples=32", "eval.batch_size=32",
+              "method.recon.iters=4", "method.recon.batch_size=8", "method.act_recon.iters=4",
+              "method.act_recon.batch_size=8", "eval.num_samples=32", "eval.batch_size=32",
               "eval.trajectory_samples=4", "logger=none"]
 
 

@@ -92,7 +92,8 @@ def test_two_cli_runs_at_once_on_a_cold_cache(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     tiny = ["method=qdiffusion", "quant=w8a8", "eval.num_samples=32", "eval.batch_size=32", "eval.trajectory_samples=4",
             "sampler.num_steps=5", "calib.num_samples=8", "calib.recon_samples=32", "method.recon.iters=4",
-            "method.recon.batch_size=8", "runtime.progress=false", "logger=none"]
+            "method.recon.batch_size=8", "method.act_recon.iters=4", "method.act_recon.batch_size=8",
+            "runtime.progress=false", "logger=none"]
     env = {**os.environ, "TFMQ_CACHE_DIR": str(tmp_path / "shared"), "OMP_NUM_THREADS": "1"}
     processes = [
         subprocess.Popen([sys.executable, "-m", "tfmq_exp", *tiny, f"hydra.run.dir={tmp_path / name}"],

@@ -69,7 +69,8 @@ def project_calibrated(a_bits: int | None = 8, split: bool = False) -> Tuple[tor
 
 def make_artifact(root: Path, method: str, steps: int = 4, quant: str = "w8a8", extra: Sequence[str] = ()) -> Path:
     """A real calibrated digits artifact of ``method`` (``quant``, a short run: ``steps`` sampler steps, 8
-    calibration samples; ``extra`` overrides), under ``root``; returns its ``artifact`` directory."""
+    calibration trajectories, 64 reconstruction samples, 20 iterations a unit in both passes; ``extra``
+    overrides), under ``root``; returns its ``artifact`` directory."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -80,7 +81,8 @@ def make_artifact(root: Path, method: str, steps: int = 4, quant: str = "w8a8", 
 
     overrides = [f"method={method}", f"quant={quant}", f"sampler.num_steps={steps}", "calib.num_samples=8",
                  "eval.num_samples=16", "eval.batch_size=16", "eval.trajectory_samples=2", "eval.kid_subset_size=8",
-                 "method.recon.iters=20", "logger=none", "runtime.progress=false",
+                 "calib.recon_samples=64", "method.recon.iters=20", "method.recon.batch_size=16",
+                 "method.act_recon.iters=20", "method.act_recon.batch_size=16", "logger=none", "runtime.progress=false",
                  f"runtime.cache_dir={root / 'cache'}", *extra]  # fmt: skip
     register_configs()
     GlobalHydra.instance().clear()

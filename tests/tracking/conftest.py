@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "eval.num_samples=32", "eval.batch_size=32", "eval.trajectory_samples=4", "sampler.num_steps=5",
-    "calib.num_samples=8", "calib.recon_samples=32", "method.recon.iters=4", "method.recon.batch_size=8",
+    "calib.num_samples=8", "calib.recon_samples=32", "method.recon.iters=4", "method.act_recon.iters=4",
     "runtime.progress=false", "logger=none",
 ]
 
