@@ -149,3 +149,15 @@ def test_threads_are_split_across_parallel_jobs(conf_dir: Path, monkeypatch: pyt
         assert threads_per_job() == max(1, cores // 2)
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_a_directory_name_past_255_bytes_is_shortened_and_stays_distinct() -> None:
+    from tfmq_exp.config.resolvers import NAME_MAX_BYTES, directory_name
+
+    short = "method=tfmq,quant=w4a8"
+    assert directory_name(short) == short
+    long_a, long_b = "x=1," * 100 + "seed=0", "x=1," * 100 + "seed=1"
+    named_a, named_b = directory_name(long_a), directory_name(long_b)
+    assert len(named_a.encode()) <= NAME_MAX_BYTES and named_a.startswith("x=1,x=1,")
+    assert named_a != named_b and directory_name(long_a) == named_a
+    assert len(directory_name("é" * 200).encode()) <= NAME_MAX_BYTES  # a cut never splits a character

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -13,8 +14,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 @pytest.mark.parametrize("name", ["inspect_temporal_features", "compare_runs"])
 def test_notebook_executes(name: str, multirun_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runs = sorted(p.parent for p in multirun_dir.rglob("summary.json"))
-    monkeypatch.setenv("TFMQ_RUN_DIR", str([r for r in runs if "tfmq" in str(r)][0]))
+    summaries = sorted(multirun_dir.rglob("summary.json"))
+    tfmq_run = next(path.parent for path in summaries if json.loads(path.read_text())["method"] == "tfmq")
+    monkeypatch.setenv("TFMQ_RUN_DIR", str(tfmq_run))
     monkeypatch.setenv("TFMQ_MULTIRUN_DIR", str(multirun_dir))
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from omegaconf import OmegaConf
+
+NAME_MAX_BYTES = 255  # the longest file name Linux and macOS file systems accept
+KEPT_PREFIX_BYTES = 200
 
 
 def threads_per_job() -> int:
@@ -22,7 +26,24 @@ def threads_per_job() -> int:
     return max(1, cores // max(1, jobs))
 
 
+def directory_name(text: str) -> str:
+    """``text`` as one directory name: itself when it fits :data:`NAME_MAX_BYTES`, else its first
+    :data:`KEPT_PREFIX_BYTES` bytes, ``~`` and 16 hex digits of its SHA-256 (so distinct names stay distinct).
+
+    A sweep job's directory is its ``override_dirname``, which grows with every override: past 255 bytes the
+    job fails with ``OSError: File name too long``. Every job writes its overrides to ``.hydra/overrides.yaml``
+    and its config to ``summary.json``, which is what the report reads, not the directory name.
+    """
+    encoded = text.encode()
+    if len(encoded) <= NAME_MAX_BYTES:
+        return text
+    prefix = encoded[:KEPT_PREFIX_BYTES].decode(errors="ignore")
+    return f"{prefix}~{hashlib.sha256(encoded).hexdigest()[:16]}"
+
+
 def register_resolvers() -> None:
     """Register the project's resolvers once per process."""
     if not OmegaConf.has_resolver("threads_per_job"):
         OmegaConf.register_new_resolver("threads_per_job", threads_per_job)
+    if not OmegaConf.has_resolver("directory_name"):
+        OmegaConf.register_new_resolver("directory_name", directory_name)
