@@ -83,11 +83,11 @@ def release_freed_memory() -> None:
     dataset with its held rows is freed only when Python's cyclic collector runs, which it does by object
     counts, not bytes; measured on the digits acceptance command (``calib.recon_samples=8192``, 64 MiB budget),
     the anonymous resident set grew by about 50 MiB per unit without a collection and stayed flat with one.
-    ``gc.collect()`` frees them now (cheaply inside :func:`old_objects_frozen`). (2) Freed tensors go back to the C allocator, which keeps the pages; glibc
-    returns them on ``malloc_trim(0)`` (PyTorch has no call for host memory; ``torch.cuda.empty_cache`` is the
-    device's counterpart, released here too). Called whenever a reconstruction unit releases its captured data,
-    so a run's peak resident set follows the data it holds (``calib.memory_budget_mb``), not what earlier units
-    held.
+    ``gc.collect()`` frees them now (cheaply inside :func:`old_objects_frozen`). (2) Freed tensors go back to the C
+    allocator, which keeps the pages; glibc returns them on ``malloc_trim(0)`` (PyTorch has no call for host
+    memory; ``torch.cuda.empty_cache`` is the device's counterpart, released here too). Called whenever a
+    reconstruction unit releases its captured data, so a run's peak resident set follows the data it holds
+    (``calib.memory_budget_mb``), not what earlier units held.
     """
     gc.collect()
     trim = _glibc_malloc_trim()
