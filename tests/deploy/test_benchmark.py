@@ -70,6 +70,7 @@ def test_onnx_variants_run_and_end_with_the_headline(tmp_path: Path, capsys: pyt
     forward = report["models"]["digits"]["forward"]["2"]
     assert set(forward["variants"]) == set(variants.split(","))
     assert min(forward["sqnr_db_vs_fake_quant"][name] for name in ("int8_ort", "int8_openvino")) >= 30.0
+    assert report["models"]["digits"]["quantized_attentions"] > 0  # --attention int8, the default
     assert set(report["models"]["digits"]["build_s"]["onnx_files"]) == {
         "export_fp32", "export_qdq_ours", "ort_quantize_static", "nncf_quantize", "ort_quantize_static_same",
         "nncf_quantize_same"}

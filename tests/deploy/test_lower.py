@@ -80,7 +80,7 @@ class _DenoiserWithIdleLayer(torch.nn.Module):
 def test_layer_missing_from_the_graph_fails_loudly() -> None:
     model = _DenoiserWithIdleLayer().eval()
     batches = [(torch.randn(2, 1, 8, 8), torch.zeros(2))]
-    _, conv_params = noise_calibrated(model, batches, quant_patterns=("conv",), fp_patterns=())
+    conv_params = noise_calibrated(model, batches, quant_patterns=("conv",), fp_patterns=()).qparams
     idle_params = LayerQParams(torch.ones(4) / 100, torch.full((4,), 128), 8, 0.01, 128, 8)
     with pytest.raises(RuntimeError, match="idle"):
         lower_to_int8(model, {**conv_params, "idle": idle_params}, batches[0], compile=False)

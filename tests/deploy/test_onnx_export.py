@@ -111,9 +111,11 @@ def test_runtimes_own_int8_run(calibrated, inputs: Inputs, tmp_path: Path) -> No
     ort_path = ort_static_int8(float_path, tmp_path / "ort_int8.onnx", calibration, INT8_CODE_MAX_WITHOUT_VNNI)
     assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(ort_path)).graph.node}
     assert sqnr_db(ort_runner(ort_path, 1)(*inputs), expected) >= 10.0
-    nncf_model = nncf_int8(float_path, calibration)
+    # 7-bit weights on every layer (OverflowFix.ENABLE): NNCF's default halves the first layer's only, and the
+    # others' full-range codes saturate on AVX2 (9.6 dB here on an AVX2-only EPYC; 22.2 dB with the fix).
+    nncf_model = nncf_int8(float_path, calibration, weight_code_max=INT8_CODE_MAX_WITHOUT_VNNI)
     assert any(op.get_type_name() == "FakeQuantize" for op in nncf_model.get_ops())
-    assert sqnr_db(openvino_runner(nncf_model, 1, inputs)(*inputs), expected) >= 10.0
+    assert sqnr_db(openvino_runner(nncf_model, 1, inputs)(*inputs), expected) >= 15.0
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -194,3 +196,34 @@ def test_attention_matmuls_export_with_their_calibrated_operands(inputs: Inputs,
         u8[name] = _openvino_int8_matmuls(path, inputs)
     assert u8["float_attention"] == 0 and u8["int8_attention"] >= len(attentions), u8
     assert sqnr["int8_attention"] >= 30.0 and sqnr["int8_attention"] > sqnr["float_attention"], sqnr
+
+
+def test_noise_calibrated_attention_exports_and_same_layer_references_quantize_it(inputs: Inputs, tmp_path: Path) -> None:
+    """The benchmark's default: the core's quantizers calibrated on noise with the attention matmuls quantized. Our
+    QDQ export matches the fake-quant reference that quantizes them too, and the runtimes' same-layer references
+    quantize those matmuls (the exclusion list keeps only the published full-precision layers)."""
+    from tests.deploy.helpers import digits_unet
+    from tfmq_exp.deploy.noise_calibration import noise_calibrated
+    from tfmq_exp.deploy.reference import FakeQuantReference
+
+    unet = digits_unet()
+    calibration = noise_calibrated(unet, noise_batches(), attention_matmuls=True)
+    attentions = [name for name, module in unet.named_modules() if type(module).__name__ == "Attention"]
+    assert sorted(calibration.attention) == sorted(attentions)
+    assert not noise_calibrated(unet, noise_batches()).attention  # off by default
+    path = export_onnx(calibration.float_unet, tmp_path / "qdq.onnx", inputs, calibration.qparams,
+                       attention=calibration.attention)
+    with_attention = FakeQuantReference(unet, calibration.qparams, attention=calibration.attention)(*inputs)
+    float_attention = FakeQuantReference(unet, calibration.qparams)(*inputs)
+    assert not torch.equal(with_attention, float_attention)
+    assert sqnr_db(openvino_runner(path, 1, inputs)(*inputs), with_attention) >= 30.0
+    float_path = export_onnx(unet, tmp_path / "fp32.onnx", inputs)
+    exclude = layers_outside(float_path, sorted({*calibration.qparams, *calibration.attention}))
+    assert {"conv_in", "conv_out"} <= {onnx_layer_module(name) for name in exclude}
+    assert not {onnx_layer_module(name) for name in exclude} & set(attentions)
+    graph = onnx.load(str(ort_static_int8(float_path, tmp_path / "same.onnx", noise_batches(count=2, batch=3),
+                                          exclude=exclude))).graph
+    produced_by = {output: node.op_type for node in graph.node for output in node.output}
+    quantized_matmuls = {onnx_layer_module(node.name) for node in graph.node if node.op_type == "MatMul"
+                         and produced_by.get(node.input[1]) == "DequantizeLinear"}
+    assert set(attentions) <= quantized_matmuls

@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.onnx_variants import ONNX_VARIANTS, OnnxModels
-from tfmq_exp.deploy.noise_calibration import noise_calibrated
+from tfmq_exp.deploy.noise_calibration import NoiseCalibration, noise_calibrated
 from tfmq_exp.deploy.qparams import LayerQParams
 from tfmq_exp.temporal.features import TemporalFeatureSet
 from tfmq_exp.models.architectures import ddpm_cifar10_unet
@@ -56,11 +56,16 @@ def noise_batches(unet: UNet2DModel, batches: int = 4) -> List[Tuple[torch.Tenso
     return examples
 
 
-def noise_qparams(unet: UNet2DModel, fp_patterns: Sequence[str], batches: int = 4) -> Dict[str, LayerQParams]:
+def noise_qparams(
+    unet: UNet2DModel, fp_patterns: Sequence[str], batches: int = 4, attention_matmuls: bool = True
+) -> NoiseCalibration:
     """W8A8 parameters of the core's quantizers calibrated on :func:`noise_batches`
     (:func:`~tfmq_exp.deploy.noise_calibration.noise_calibrated`); the int8 graphs re-round the 8-bit asymmetric
-    weight grid to int8 codes, as they do for a calibrated W8A8 artifact (:mod:`tfmq_exp.deploy.int8_grid`)."""
-    return noise_calibrated(unet, noise_batches(unet, batches), w_bits=8, a_bits=8, fp_patterns=fp_patterns)[1]
+    weight grid to int8 codes, as they do for a calibrated W8A8 artifact (:mod:`tfmq_exp.deploy.int8_grid`).
+    ``attention_matmuls`` quantizes the attention matmuls' operands too, the project's default
+    (``method.attention_matmuls``)."""
+    return noise_calibrated(unet, noise_batches(unet, batches), w_bits=8, a_bits=8, fp_patterns=fp_patterns,
+                            attention_matmuls=attention_matmuls)
 
 
 def ddim_scheduler(steps: int) -> DDIMScheduler:

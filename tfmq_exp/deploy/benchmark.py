@@ -22,6 +22,12 @@ CIFAR-10 UNet at batch 8 (or the first model measured when CIFAR-10 is not); the
 after ``ours_vs_runtime_own_int8_same_layers`` (printed above these lines: the same ratio against the runtimes' own int8 of the same
 layer set: ``int8_ort_own_same`` / ``int8_nncf_same`` leave the layers our parameters keep in float in float).
 
+Attention: by default (``--attention int8``, the project's ``method.attention_matmuls``) our parameters include
+the attention matmuls' operands (q, k, softmax, v): the QDQ export and the fake-quant reference quantize them, and
+the ``*_same`` references quantize those matmuls too. The PT2E graph keeps attention in float (its SQNR against
+the reference includes that difference). ``--attention float`` keeps attention in float everywhere but in the
+runtimes' default quantizations.
+
 Example: ``tfmq-bench --models digits --quick --threads 1 --out /tmp/bench.json``.
 """
 
@@ -88,6 +94,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--variants", type=_name_list, default=list(DEFAULT_VARIANTS), help=",".join(VARIANTS))
     parser.add_argument("--fp-patterns", choices=("published", "none"), default="published",
                         help="keep the published full-precision layers in float32, or quantize every layer")
+    parser.add_argument("--attention", choices=("int8", "float"), default="int8",
+                        help="quantize the attention matmuls' operands with our parameters (QDQ export, reference), "
+                             "or keep attention in float")
     parser.add_argument("--quick", action="store_true", help=f"development run: {QUICK}")
     parser.add_argument("--out", type=Path, default=Path("bench_results.json"))
     parser.add_argument("--artifact", type=Path, action="append", default=None,
@@ -119,7 +128,8 @@ def benchmark_model(name: str, args: argparse.Namespace) -> dict:
     """Time every variant of one model at every batch size, then the DDIM loop."""
     unet, weights = build_benchmark_unet(name)
     fp_patterns = PUBLISHED_FP_PATTERNS if args.fp_patterns == "published" else ()
-    qparams = noise_qparams(unet, fp_patterns)
+    calibration = noise_qparams(unet, fp_patterns, attention_matmuls=args.attention == "int8")
+    qparams, attention = calibration.qparams, calibration.attention
     shape = sample_shape(unet)
     scheduler = ddim_scheduler(args.ddim_steps)
     needs_cache = "int8_cache" in args.variants
@@ -127,10 +137,14 @@ def benchmark_model(name: str, args: argparse.Namespace) -> dict:
     compiled_float = CompiledFloat(unet)
     onnx_models = None
     if set(args.variants) & set(ONNX_VARIANTS):
-        onnx_models = OnnxModels(unet, qparams, noise_batches(unet), args.threads)
-    fake_quant = FakeQuantReference(unet, qparams)
+        onnx_models = OnnxModels(unet, qparams, noise_batches(unet), args.threads, attention=attention)
+    fake_quant = FakeQuantReference(unet, qparams, attention=attention)
     result: dict = {"weights": weights, "parameters": sum(p.numel() for p in unet.parameters()),
-                    "quantized_layers": len(qparams), "build_s": {}, "forward": {}}
+                    "quantized_layers": len(qparams), "quantized_attentions": len(attention), "build_s": {},
+                    "forward": {}}
+    if attention and "int8" in args.variants:
+        print(f"[{name}] int8 (PT2E) keeps the {len(attention)} attentions' matmuls in float; the QDQ export and the "
+              "fake-quant reference quantize them", flush=True)
     generator = torch.Generator().manual_seed(2)
     batch_sizes = list(dict.fromkeys(args.batch_sizes + [args.ddim_batch]))
     try:

@@ -47,7 +47,8 @@ from onnx.reference import ReferenceEvaluator
 from torch import nn
 from torch.nn.utils import parametrize
 
-from tfmq_exp.deploy.from_quantized import ATTENTION_OPERANDS, OperandQParams
+from tfmq_exp.deploy.attention_qdq import UINT8_RANGE, qdq_attention
+from tfmq_exp.deploy.from_quantized import OperandQParams
 from tfmq_exp.deploy.int8_grid import INT8_CODE_MAX, default_weight_code_max, int8_weight_scale, uint8_act_params
 from tfmq_exp.deploy.qparams import LayerQParams, fake_quantize_weight
 from tfmq_exp.deploy.temporal import (
@@ -56,14 +57,11 @@ from tfmq_exp.deploy.temporal import (
     as_float_timesteps,
     tib_layout,
 )
-from tfmq_exp.quant.attention import ATTN_QUANTIZER_NAMES, QuantAttnProcessor
-from tfmq_exp.quant.spec import AttnQuantSpec
 from tfmq_exp.temporal.features import TemporalFeatureSet
 
 INPUT_NAMES = ("sample", "timesteps")
 OUTPUT_NAME = "eps"
 OPSET = 17
-UINT8_RANGE = (0, 255)
 
 
 class _WeightQDQ(nn.Module):
@@ -86,32 +84,6 @@ def _input_qdq_hook(scale: float, zero_point: int):
         return (x_hat, *inputs[1:])
 
     return hook
-
-
-class _ActQDQ(nn.Module):
-    """``x -> fake_quantize_per_tensor_affine(x)`` on the uint8 grid holding a calibrated ``bits``-bit one."""
-
-    def __init__(self, params: OperandQParams) -> None:
-        super().__init__()
-        self.scale, self.zero_point = uint8_act_params(*params)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, *UINT8_RANGE)
-
-
-def qdq_attention(model: nn.Module, attention: Dict[str, Dict[str, OperandQParams]]) -> None:
-    """Give each listed attention module the core's explicit-matmul processor with torch QDQ ops on its operands.
-
-    The processor is the fake-quant model's own :class:`~tfmq_exp.quant.attention.QuantAttnProcessor` (so the
-    graph computes what the evaluated model computes), its four quantizers replaced by ``fake_quantize`` ops with
-    the calibrated parameters (the exporter's QuantizeLinear / DequantizeLinear pairs) or by identities for the
-    operands that stay in float.
-    """
-    for name, operands in attention.items():
-        processor = QuantAttnProcessor(AttnQuantSpec(a_bits=None))
-        for operand, attribute in zip(ATTENTION_OPERANDS, ATTN_QUANTIZER_NAMES):
-            setattr(processor, attribute, _ActQDQ(operands[operand]) if operand in operands else nn.Identity())
-        model.get_submodule(name).set_processor(processor)
 
 
 @torch.no_grad()
@@ -147,7 +119,7 @@ def qdq_layers(
         parametrize.register_parametrization(module, "weight", _WeightQDQ(scale))
         act_scale, act_zero_point = uint8_act_params(params.act_scale, params.act_zero_point, params.a_bits)
         module.register_forward_pre_hook(_input_qdq_hook(act_scale, act_zero_point))
-    qdq_attention(model, attention or {})
+    qdq_attention(model, attention or {})  # :mod:`tfmq_exp.deploy.attention_qdq`
     return model
 
 

@@ -3,12 +3,14 @@
 Variants (names start with the precision, as the benchmark's speedup table expects):
 
 - ``fp32_ort`` / ``fp32_openvino``: the float ONNX export on ONNX Runtime / OpenVINO.
-- ``int8_ort`` / ``int8_openvino``: our QDQ export (:mod:`tfmq_exp.deploy.onnx_export`, the given parameters).
+- ``int8_ort`` / ``int8_openvino``: our QDQ export (:mod:`tfmq_exp.deploy.onnx_export`, the given parameters, the
+  attention matmuls' operands included when given).
 - ``int8_ort_own``: ONNX Runtime's ``quantize_static`` of the float export; ``int8_nncf``: NNCF's
   ``nncf.quantize`` of it on OpenVINO (:mod:`tfmq_exp.deploy.runtimes`), both calibrated on ``calibration``,
   each choosing its own layers (every Conv / Gemm / MatMul).
 - ``int8_ort_own_same`` / ``int8_nncf_same``: the same two with the layers our parameters keep in float (the
-  published full-precision layers, the attention matmuls) left in float too: only the recipe differs.
+  published full-precision layers; the attention matmuls when ours keep them in float) left in float too: only
+  the recipe differs.
 
 Files are exported once per model with a dynamic batch axis; ONNX Runtime sessions accept any batch size and
 OpenVINO models are compiled per batch size with static shapes. Export / quantization times are kept in
@@ -25,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from tfmq_exp.deploy.from_quantized import OperandQParams
 from tfmq_exp.deploy.qparams import LayerQParams
 
 ONNX_VARIANTS = (
@@ -64,6 +67,7 @@ class OnnxModels:
         calibration: noise batches for the runtimes' own int8 quantization.
         threads: intra-op threads of every session.
         directory: where the files go (a temporary directory, removed by :meth:`close`, when ``None``).
+        attention: our parameters of the attention matmuls' operands (``None``: attention stays in float).
     """
 
     def __init__(
@@ -73,9 +77,11 @@ class OnnxModels:
         calibration: Sequence[Batch],
         threads: int,
         directory: Optional[Path] = None,
+        attention: Optional[Dict[str, Dict[str, OperandQParams]]] = None,
     ) -> None:
         self.unet = unet
         self.qparams = qparams
+        self.attention = dict(attention or {})
         self.calibration = list(calibration)
         self.threads = threads
         self._tmp = None if directory is not None else tempfile.TemporaryDirectory(prefix="tfmq-onnx-")
@@ -99,14 +105,15 @@ class OnnxModels:
     def qdq_path(self) -> Path:
         from tfmq_exp.deploy.onnx_export import export_onnx
 
-        return self._timed("export_qdq_ours", lambda: export_onnx(self.unet, self.directory / "int8_qdq.onnx",
-                                                                  self.calibration[0], self.qparams))
+        return self._timed("export_qdq_ours", lambda: export_onnx(
+            self.unet, self.directory / "int8_qdq.onnx", self.calibration[0], self.qparams, attention=self.attention))
 
     def _float_layers(self) -> List[str]:
-        """Node names of the float export our parameters leave in float."""
+        """Node names of the float export our parameters leave in float (an attention module with operand
+        parameters runs its matmuls quantized)."""
         from tfmq_exp.deploy.runtimes import layers_outside
 
-        return layers_outside(self.float_path(), sorted(self.qparams))
+        return layers_outside(self.float_path(), sorted({*self.qparams, *self.attention}))
 
     def ort_own_path(self, same_layers: bool = False) -> Path:
         from tfmq_exp.deploy.runtimes import ort_static_int8

@@ -2,18 +2,23 @@
 
 Weights are replaced by ``w_hat = s_c * (clamp(round(w / s_c) + z_c) - z_c)``; the input of every layer in
 ``qparams`` is fake-quantized per tensor by a forward pre-hook, ``x_hat = s * (clamp(round(x / s) + z) - z)``.
-Nothing else is quantized, matching what :func:`tfmq_exp.deploy.lower.lower_to_int8` runs in int8. With a
-temporal-feature cache the TIB is bypassed the same way as in the lowered graph.
+With ``attention`` (:func:`~tfmq_exp.deploy.from_quantized.attention_inputs`) the attention matmuls' operands are
+fake-quantized too (:func:`~tfmq_exp.deploy.attention_qdq.qdq_attention`), as the core's fake-quant models and our
+QDQ export do; the PT2E lowering keeps attention in float. Nothing else is quantized, matching what
+:func:`tfmq_exp.deploy.lower.lower_to_int8` runs in int8. With a temporal-feature cache the TIB is bypassed the
+same way as in the lowered graph.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
 
+from tfmq_exp.deploy.attention_qdq import qdq_attention
+from tfmq_exp.deploy.from_quantized import OperandQParams
 from tfmq_exp.deploy.qparams import LayerQParams, fake_quantize_activation, fake_quantize_weight
 from tfmq_exp.deploy.temporal import FeatureInputUNet, as_float_timesteps, tib_layout
 from tfmq_exp.temporal.features import TemporalFeatureSet
@@ -26,11 +31,13 @@ class FakeQuantReference(nn.Module):
         unet: the full-precision UNet (copied; the original is not modified).
         qparams: static per-layer parameters (per-timestep ones are not modelled here).
         cache: optional temporal-feature cache; the TIB layers' parameters are then ignored.
+        attention: the attention matmuls' operand parameters; ``None`` keeps attention in float.
     """
 
     def __init__(
-        self, unet: nn.Module, qparams: Dict[str, LayerQParams], cache: Optional[TemporalFeatureSet] = None
-    ) -> None:
+        self, unet: nn.Module, qparams: Dict[str, LayerQParams], cache: Optional[TemporalFeatureSet] = None,
+        attention: Optional[Mapping[str, Dict[str, OperandQParams]]] = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         model = copy.deepcopy(unet).eval().float()
         removed = set(tib_layout(model).layer_names) if cache is not None else set()
@@ -40,6 +47,7 @@ class FakeQuantReference(nn.Module):
                 module = model.get_submodule(name)
                 module.weight.copy_(fake_quantize_weight(module.weight, params))
                 module.register_forward_pre_hook(self._make_act_hook(params))
+        qdq_attention(model, dict(attention or {}))
         self.cache = cache
         self.model = FeatureInputUNet(model) if cache is not None else model
 
