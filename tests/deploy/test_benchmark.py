@@ -54,6 +54,18 @@ def test_headline_picks_the_fastest_int8_backend() -> None:
     assert headline["ours_vs_runtime_own_int8_same_layers"] == pytest.approx(44 / 22)
     assert headline["ours_vs_runtime_own_int8_per_runtime"] == pytest.approx({"int8_ort": 1.8, "int8_openvino": 1.1})
     assert headline["int8_vs_fp32_compiled"] is None
+    assert headline["paired"] == {"best_int8_vs_fp32_eager": None, "ours_vs_runtime_own_int8": None}  # no rounds
+
+
+def test_paired_ratios_are_medians_of_per_round_ratios() -> None:
+    rounds = {"fp32_eager": [100.0, 300.0, 100.0], "int8_openvino": [50.0, 140.0, 45.0], "int8_nncf": [40.0, 150.0, 40.0]}
+    entry = {"variants": {name: {"median_ms": sorted(times)[1], "times_ms": times} for name, times in rounds.items()},
+             "speedups": {}}
+    headline = _headline({"cifar10": {"forward": {"8": entry}}})
+    assert headline["best_int8_backend"] == "int8_nncf"
+    assert headline["ours_vs_runtime_own_int8"] == pytest.approx(50 / 40)  # ratio of medians
+    assert headline["paired"]["ours_vs_runtime_own_int8"] == pytest.approx(1.125)  # median of 1.25, 0.933, 1.125
+    assert headline["paired"]["best_int8_vs_fp32_eager"] == pytest.approx(2.5)  # median of 2.5, 2.0, 2.5
 
 
 @pytest.mark.skipif(bool(missing_runtimes()), reason="the deploy extra (onnx, onnxruntime, openvino, nncf)")

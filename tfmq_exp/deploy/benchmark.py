@@ -20,7 +20,9 @@ CIFAR-10 UNet at batch 8 (or the first model measured when CIFAR-10 is not); the
     ours_vs_runtime_own_int8: Z              (best of our export's latencies / best of the runtimes' own int8)
 
 after ``ours_vs_runtime_own_int8_same_layers`` (printed above these lines: the same ratio against the runtimes' own int8 of the same
-layer set: ``int8_ort_own_same`` / ``int8_nncf_same`` leave the layers our parameters keep in float in float).
+layer set: ``int8_ort_own_same`` / ``int8_nncf_same`` leave the layers our parameters keep in float in float) and a
+``paired`` line: the first and last ratios as medians of per-round ratios (each round times every variant back to
+back), which vary less between runs on a machine whose load comes in bursts.
 
 Attention: by default (``--attention int8``, the project's ``method.attention_matmuls``) our parameters include
 the attention matmuls' operands (q, k, softmax, v): the QDQ export and the fake-quant reference quantize them, and
@@ -204,6 +206,20 @@ def _print_rows(model: str, label: str, entry: dict) -> None:
         print(f"    {name:<14} {stats['median_ms']:10.2f} ms{speedup}{quality}", flush=True)
 
 
+def _paired(entry: dict, numerator: Optional[str], denominator: Optional[str]) -> Optional[float]:
+    """Median over the timed rounds of ``numerator_i / denominator_i``.
+
+    Every round times each variant once, back to back, so the two times of a round share the machine's load; on a
+    shared VM whose load comes in bursts this ratio varies less between runs than the ratio of the two medians.
+    ``None`` without per-round times.
+    """
+    variants = entry["variants"]
+    if numerator not in variants or denominator not in variants or "times_ms" not in variants[numerator]:
+        return None
+    rounds = zip(variants[numerator]["times_ms"], variants[denominator]["times_ms"])
+    return statistics.median(top / bottom for top, bottom in rounds)
+
+
 def _headline(results: Dict[str, dict]) -> Optional[dict]:
     """Speedups at the headline (model, batch), falling back to the first measured pair with FP32 eager and int8."""
     model, batch = HEADLINE
@@ -224,7 +240,11 @@ def _headline(results: Dict[str, dict]) -> Optional[dict]:
         same = [int8[name] for name in RUNTIME_OWN_SAME_LAYERS if name in int8]
         per_runtime = {ours_name: int8[ours_name] / int8[own_name] for ours_name, own_name in zip(OURS, RUNTIME_OWN)
                        if ours_name in int8 and own_name in int8}
+        best_ours = min((name for name in OURS if name in int8), key=int8.__getitem__, default=None)
+        best_own = min((name for name in RUNTIME_OWN if name in int8), key=int8.__getitem__, default=None)
         return {"model": model_name, "batch": int(batch_key), "best_int8_backend": best,
+                "paired": {"best_int8_vs_fp32_eager": _paired(entry, "fp32_eager", best),
+                           "ours_vs_runtime_own_int8": _paired(entry, best_ours, best_own)},
                 "best_int8_vs_fp32_eager": fp32["fp32_eager"] / int8[best],
                 "best_int8_vs_best_fp32": min(fp32.values()) / int8[best],
                 "ours_vs_runtime_own_int8": min(ours) / min(own) if ours and own else None,
@@ -246,6 +266,9 @@ def _print_headline(headline: dict) -> None:
     if headline["int8_vs_fp32_eager"] is not None and headline["int8_vs_fp32_compiled"] is not None:
         print(f"speedup_int8_vs_fp32_eager: {headline['int8_vs_fp32_eager']:.2f}")
         print(f"speedup_int8_vs_fp32_compiled: {headline['int8_vs_fp32_compiled']:.2f}")
+    paired = {name: value for name, value in headline["paired"].items() if value is not None}
+    if paired:
+        print("paired (median of per-round ratios): " + "  ".join(f"{k} {v:.2f}" for k, v in paired.items()))
     print(f"best_int8_backend: {headline['best_int8_backend']}")
     print(f"speedup_best_int8_vs_fp32_eager: {headline['best_int8_vs_fp32_eager']:.2f}")
     print(f"speedup_best_int8_vs_best_fp32: {headline['best_int8_vs_best_fp32']:.2f}")

@@ -73,7 +73,8 @@ def ort_runner(path: str | Path, threads: int, feeds: Feeds = _feeds) -> Denoise
     return run
 
 
-def _openvino_config(threads: int) -> dict:
+def openvino_config(threads: int) -> dict:
+    """OpenVINO CPU compile settings of every runner: ``threads`` threads, latency hint, f32 for float layers."""
     # f32 inference precision: on CPUs with AMX / AVX512-BF16 OpenVINO would otherwise run float layers in bf16.
     return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
@@ -90,7 +91,7 @@ def openvino_runner(model_or_path, threads: int, example: Batch, feeds: Feeds = 
     core = ov.Core()
     model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path.clone()
     _static_shapes(model, example, feeds)
-    compiled = core.compile_model(model, "CPU", _openvino_config(threads))
+    compiled = core.compile_model(model, "CPU", openvino_config(threads))
     request = compiled.create_infer_request()
 
     def run(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
