@@ -1,0 +1,158 @@
+"""Where the deployed int8 paths spend their time, on the benchmark's model (``tfmq-bench``'s noise-calibrated W8A8
+parameters, published full-precision layers), one forward batch at a time.
+
+``--path openvino``: our QDQ export (attention matmuls quantized, as ``--attention int8``) compiled by OpenVINO's CPU
+plugin with ``PERF_COUNT``: time per (layer type, kernel) and the slowest layers for one inference after two warm-up
+calls. Kernel names say what runs in int8 (``*_I8``) and in float (``*_f32``).
+
+``--path pt2e``: the PT2E graph (:func:`~tfmq_exp.deploy.lower.lower_to_int8`: inductor, freezing, oneDNN ``qconv``
+/ ``qlinear``) under ``torch.profiler``: self CPU time per call by operator group (int8 convolutions and linears,
+the float layers, SDPA, inductor's generated kernels) and the top operators.
+
+``--path pt2e_zero_points``: the PT2E graph lowered twice, with the calibrated (asymmetric) activation parameters
+and with every activation zero point set to 0 (same scales; numerically wrong for negative inputs, a speed probe
+only): ``qconv_pointwise``'s self CPU time per call in each, and the two graphs' interleaved median latency.
+
+Usage: ``python experiments/deploy_profile.py --path openvino|pt2e|pt2e_zero_points [--model cifar10] [--batch 8]
+[--threads 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, Tuple
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from tfmq_exp.config.schema import PUBLISHED_FP_PATTERNS
+from tfmq_exp.deploy.bench_setup import build_benchmark_unet, noise_qparams, sample_shape
+from tfmq_exp.deploy.lower import lower_to_int8
+from tfmq_exp.deploy.noise_calibration import NoiseCalibration
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+PT2E_GROUPS = (
+    ("oneDNN int8 conv", ("qconv",)),
+    ("oneDNN int8 linear", ("qlinear",)),
+    ("float conv", ("convolution", "conv2d", "mkldnn_convolution")),
+    ("float matmul / linear", ("bmm", "addmm", "mm", "linear", "mkl_linear")),
+    ("attention (SDPA)", ("scaled_dot_product", "flash_attention")),
+    ("inductor generated kernels", ("compiledfxgraph", "cpp_fused", "kernel")),
+)
+
+
+def _pt2e_group(op_name: str) -> str:
+    lowered = op_name.lower()
+    return next((group for group, keys in PT2E_GROUPS if any(key in lowered for key in keys)), "other")
+
+
+def profile_openvino(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
+    import openvino as ov
+
+    from tfmq_exp.deploy.onnx_export import INPUT_NAMES, export_onnx
+    from tfmq_exp.deploy.runtimes import openvino_config
+
+    sample, timesteps = batch
+    with tempfile.TemporaryDirectory() as directory:
+        path = export_onnx(unet, f"{directory}/int8_qdq.onnx", batch, calibration.qparams,
+                           attention=calibration.attention)
+        core = ov.Core()
+        model = core.read_model(str(path))
+        model.reshape({INPUT_NAMES[0]: list(sample.shape), INPUT_NAMES[1]: [sample.shape[0]]})
+        compiled = core.compile_model(model, "CPU", {**openvino_config(args.threads), "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    feeds = {INPUT_NAMES[0]: sample.numpy(), INPUT_NAMES[1]: timesteps.numpy()}
+    for _ in range(2):
+        request.infer(feeds)
+    start = time.perf_counter()
+    request.infer(feeds)
+    print(f"OpenVINO, our QDQ export: {1e3 * (time.perf_counter() - start):.1f} ms")
+    totals: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    layers = []
+    for info in request.profiling_info:
+        microseconds = info.real_time.total_seconds() * 1e6
+        totals[(info.node_type, info.exec_type)] += microseconds
+        counts[(info.node_type, info.exec_type)] += 1
+        layers.append((microseconds, info.node_type, info.exec_type, info.node_name))
+    total = sum(totals.values())
+    print("time by (layer type, kernel):")
+    for (node_type, exec_type), microseconds in totals.most_common():
+        if microseconds > 0:
+            print(f"  {microseconds / 1e3:8.1f} ms {100 * microseconds / total:5.1f} %  "
+                  f"x{counts[(node_type, exec_type)]:<4d}{node_type:<16s}{exec_type}")
+    free = [f"{node_type} x{counts[(node_type, exec_type)]}" for (node_type, exec_type), us in totals.items() if us == 0]
+    print("no time of their own (fused into a neighbour, or views): " + ", ".join(sorted(free)))
+    print(f"slowest {args.top} layers:")
+    for microseconds, node_type, exec_type, name in sorted(layers, reverse=True)[: args.top]:
+        print(f"  {microseconds / 1e3:7.2f} ms  {node_type:<14s}{exec_type:<24s}{name}")
+
+
+def _self_cpu_ms(run: Callable[[], object], calls: int = 3) -> Dict[str, Tuple[float, int]]:
+    """Operator -> (self CPU ms per call, calls per forward) over ``calls`` forwards."""
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(calls):
+            run()
+    return {e.key: (e.self_cpu_time_total / 1e3 / calls, e.count // calls)
+            for e in profiler.key_averages() if e.self_cpu_time_total > 0}
+
+
+def profile_pt2e(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
+    lowered = lower_to_int8(unet, calibration.qparams, batch)  # compiled by its first call
+    operators = _self_cpu_ms(lambda: lowered(*batch))
+    total = sum(ms for ms, _ in operators.values())
+    groups: collections.Counter = collections.Counter()
+    for name, (ms, _) in operators.items():
+        groups[_pt2e_group(name)] += ms
+    print(f"PT2E int8: {total:.1f} ms self CPU per call ({len(calibration.qparams)} quantized layers)")
+    for group, ms in groups.most_common():
+        print(f"  {100 * ms / total:5.1f} %  {ms:8.1f} ms  {group}")
+    print(f"top {args.top} operators (self CPU per call):")
+    for name, (ms, count) in sorted(operators.items(), key=lambda item: item[1][0], reverse=True)[: args.top]:
+        print(f"  {ms:8.1f} ms  x{count:<4d}{name[:90]}")
+
+
+def profile_pt2e_zero_points(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
+    zero = {name: dataclasses.replace(p, act_zero_point=0) for name, p in calibration.qparams.items()}
+    graphs = {"calibrated zero points": lower_to_int8(unet, calibration.qparams, batch),
+              "zero points 0": lower_to_int8(unet, zero, batch)}
+    for name, graph in graphs.items():
+        qconv = sum(ms for op, (ms, _) in _self_cpu_ms(lambda g=graph: g(*batch)).items() if "qconv" in op)
+        print(f"{name}: qconv_pointwise {qconv:.1f} ms per call")
+    times: Dict[str, list] = {name: [] for name in graphs}
+    for _ in range(args.rounds):
+        for name, graph in graphs.items():
+            start = time.perf_counter()
+            graph(*batch)
+            times[name].append(time.perf_counter() - start)
+    print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
+
+
+PATHS = {"openvino": profile_openvino, "pt2e": profile_pt2e, "pt2e_zero_points": profile_pt2e_zero_points}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", choices=sorted(PATHS), required=True)
+    parser.add_argument("--model", default="cifar10")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--top", type=int, default=20, help="layers / operators listed")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of pt2e_zero_points")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    unet, _ = build_benchmark_unet(args.model)
+    # PT2E keeps attention in float: its graphs get the parameters without attention operands.
+    calibration = noise_qparams(unet, PUBLISHED_FP_PATTERNS, attention_matmuls=args.path == "openvino")
+    sample = torch.randn(args.batch, *sample_shape(unet), generator=torch.Generator().manual_seed(2))
+    print(f"{args.model}, batch {args.batch}, {args.threads} thread(s)")
+    PATHS[args.path](unet, calibration, (sample, torch.full((args.batch,), 500.0)), args)
+
+
+if __name__ == "__main__":
+    main()
