@@ -31,7 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tfmq_exp.config.schema import PUBLISHED_FP_PATTERNS
-from tfmq_exp.deploy.bench_setup import build_benchmark_unet, noise_qparams, sample_shape
+from tfmq_exp.deploy.bench_setup import benchmark_calibration, build_benchmark_unet, sample_shape
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.noise_calibration import NoiseCalibration
 
@@ -148,7 +148,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     unet, _ = build_benchmark_unet(args.model)
     # PT2E keeps attention in float: its graphs get the parameters without attention operands.
-    calibration = noise_qparams(unet, PUBLISHED_FP_PATTERNS, attention_matmuls=args.path == "openvino")
+    calibration = benchmark_calibration(unet, PUBLISHED_FP_PATTERNS, attention_matmuls=args.path == "openvino")
     sample = torch.randn(args.batch, *sample_shape(unet), generator=torch.Generator().manual_seed(2))
     print(f"{args.model}, batch {args.batch}, {args.threads} thread(s)")
     PATHS[args.path](unet, calibration, (sample, torch.full((args.batch,), 500.0)), args)

@@ -56,7 +56,7 @@ def noise_batches(unet: UNet2DModel, batches: int = 4) -> List[Tuple[torch.Tenso
     return examples
 
 
-def noise_qparams(
+def benchmark_calibration(
     unet: UNet2DModel, fp_patterns: Sequence[str], batches: int = 4, attention_matmuls: bool = True
 ) -> NoiseCalibration:
     """W8A8 parameters of the core's quantizers calibrated on :func:`noise_batches`

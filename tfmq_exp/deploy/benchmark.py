@@ -50,13 +50,13 @@ from tfmq_exp.deploy.bench_setup import (
     DEFAULT_VARIANTS,
     VARIANTS,
     CompiledFloat,
+    benchmark_calibration,
     build_benchmark_unet,
     build_variant,
     ddim_sample,
     ddim_scheduler,
     interleaved_times,
     noise_batches,
-    noise_qparams,
     sample_shape,
 )
 from tfmq_exp.deploy.from_artifact import sqnr_db
@@ -130,7 +130,7 @@ def benchmark_model(name: str, args: argparse.Namespace) -> dict:
     """Time every variant of one model at every batch size, then the DDIM loop."""
     unet, weights = build_benchmark_unet(name)
     fp_patterns = PUBLISHED_FP_PATTERNS if args.fp_patterns == "published" else ()
-    calibration = noise_qparams(unet, fp_patterns, attention_matmuls=args.attention == "int8")
+    calibration = benchmark_calibration(unet, fp_patterns, attention_matmuls=args.attention == "int8")
     qparams, attention = calibration.qparams, calibration.attention
     shape = sample_shape(unet)
     scheduler = ddim_scheduler(args.ddim_steps)
