@@ -145,8 +145,19 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=20, help="layers / operators listed")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of pt2e_zero_points")
     args = parser.parse_args()
+    if args.batch < 1 or args.threads < 1:
+        parser.error("--batch and --threads must be >= 1")
+    if args.path == "openvino":
+        from tfmq_exp.deploy.runtimes import missing_runtimes
+
+        if missing_runtimes(("onnx", "openvino")):
+            parser.error(f"--path openvino needs {', '.join(missing_runtimes(('onnx', 'openvino')))} "
+                         "(pip install 'tfmq-exp[deploy]')")
     torch.set_num_threads(args.threads)
-    unet, _ = build_benchmark_unet(args.model)
+    try:
+        unet, _ = build_benchmark_unet(args.model)
+    except ValueError as error:
+        parser.error(str(error))
     # PT2E keeps attention in float: its graphs get the parameters without attention operands.
     calibration = benchmark_calibration(unet, PUBLISHED_FP_PATTERNS, attention_matmuls=args.path == "openvino")
     sample = torch.randn(args.batch, *sample_shape(unet), generator=torch.Generator().manual_seed(2))

@@ -214,7 +214,7 @@ def _paired(entry: dict, numerator: Optional[str], denominator: Optional[str]) -
     ``None`` without per-round times.
     """
     variants = entry["variants"]
-    if numerator not in variants or denominator not in variants or "times_ms" not in variants[numerator]:
+    if any(name not in variants or "times_ms" not in variants[name] for name in (numerator, denominator)):
         return None
     rounds = zip(variants[numerator]["times_ms"], variants[denominator]["times_ms"])
     return statistics.median(top / bottom for top, bottom in rounds)
