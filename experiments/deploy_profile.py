@@ -9,9 +9,11 @@ calls. Kernel names say what runs in int8 (``*_I8``) and in float (``*_f32``).
 / ``qlinear``) under ``torch.profiler``: self CPU time per call by operator group (int8 convolutions and linears,
 the float layers, SDPA, inductor's generated kernels) and the top operators.
 
-``--path pt2e_zero_points``: the PT2E graph lowered twice, with the calibrated (asymmetric) activation parameters
-and with every activation zero point set to 0 (same scales; numerically wrong for negative inputs, a speed probe
-only): ``qconv_pointwise``'s self CPU time per call in each, and the two graphs' interleaved median latency.
+``--path pt2e_zero_points``: the PT2E graph lowered three times: with the calibrated (asymmetric) activation
+parameters handed to the kernels as they are (``fold_zero_points=False``), with the zero points folded into the
+biases (:mod:`tfmq_exp.deploy.zero_point_fold`, the default, exact), and with every activation zero point set to 0
+(same scales; numerically wrong for negative inputs, a speed bound only): ``qconv_pointwise``'s self CPU time per
+call in each, the graphs' interleaved median latency, and each one's SQNR against the fake-quant model.
 
 Usage: ``python experiments/deploy_profile.py --path openvino|pt2e|pt2e_zero_points [--model cifar10] [--batch 8]
 [--threads 1]``
@@ -32,8 +34,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from tfmq_exp.config.schema import PUBLISHED_FP_PATTERNS
 from tfmq_exp.deploy.bench_setup import benchmark_calibration, build_benchmark_unet, sample_shape
+from tfmq_exp.deploy.from_artifact import sqnr_db
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.noise_calibration import NoiseCalibration
+from tfmq_exp.deploy.reference import FakeQuantReference
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 PT2E_GROUPS = (
@@ -119,11 +123,14 @@ def profile_pt2e(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Ba
 
 def profile_pt2e_zero_points(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
     zero = {name: dataclasses.replace(p, act_zero_point=0) for name, p in calibration.qparams.items()}
-    graphs = {"calibrated zero points": lower_to_int8(unet, calibration.qparams, batch),
-              "zero points 0": lower_to_int8(unet, zero, batch)}
+    graphs = {"zero points at run time": lower_to_int8(unet, calibration.qparams, batch, fold_zero_points=False),
+              "zero points folded": lower_to_int8(unet, calibration.qparams, batch),
+              "zero points 0 (bound)": lower_to_int8(unet, zero, batch)}
+    reference = FakeQuantReference(unet, calibration.qparams)(*batch)
     for name, graph in graphs.items():
         qconv = sum(ms for op, (ms, _) in _self_cpu_ms(lambda g=graph: g(*batch)).items() if "qconv" in op)
-        print(f"{name}: qconv_pointwise {qconv:.1f} ms per call")
+        print(f"{name}: qconv_pointwise {qconv:.1f} ms per call, SQNR vs fake-quant "
+              f"{sqnr_db(graph(*batch), reference):.1f} dB")
     times: Dict[str, list] = {name: [] for name in graphs}
     for _ in range(args.rounds):
         for name, graph in graphs.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tfmq_exp.deploy.int8_grid import int8_weight_scale, uint8_act_params
+from tfmq_exp.deploy.int8_grid import int8_grid_weight, int8_weight_scale, uint8_act_params
 from tfmq_exp.deploy.qparams import LayerQParams, fake_quantize_activation, fake_quantize_weight
 
 
@@ -16,10 +16,13 @@ def _asymmetric(weight: torch.Tensor, bits: int) -> LayerQParams:
 
 
 def _int8_codes(weight: torch.Tensor, params: LayerQParams, code_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest distance (in steps of our grid) between our on-grid weight and the one the int8 kernel uses."""
     scale, exact = int8_weight_scale(params, code_max)
     snapped = fake_quantize_weight(weight, params)
-    codes = torch.clamp(torch.round(snapped / scale[:, None]), -(code_max + 1), code_max)
-    return (codes * scale[:, None] - snapped).abs().max() / params.weight_scale.max(), exact
+    kernel_weight = int8_grid_weight(snapped, params, code_max)
+    codes = kernel_weight / scale[:, None]
+    assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.abs().max() <= code_max + 1
+    return (kernel_weight - snapped).abs().max() / params.weight_scale.max(), exact
 
 
 @pytest.mark.parametrize("code_max", [127, 63], ids=["vnni", "avx2"])

@@ -64,6 +64,16 @@ def int8_weight_scale(params: LayerQParams, code_max: int = INT8_CODE_MAX) -> Tu
     return int8_scale.float(), exact
 
 
+def int8_grid_weight(weight: torch.Tensor, params: LayerQParams, code_max: int = INT8_CODE_MAX) -> torch.Tensor:
+    """The weight an int8 kernel multiplies: ``weight`` rounded onto the int8 scale of :func:`int8_weight_scale`.
+
+    For an on-grid weight (``fake_quantize_weight``) of an ``exact`` channel this returns it unchanged (up to
+    float rounding); otherwise it is the re-rounded weight the kernel uses."""
+    scale, _exact = int8_weight_scale(params, code_max)
+    scale = scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    return torch.clamp(torch.round(weight / scale), -(code_max + 1), code_max) * scale
+
+
 def uint8_act_params(scale: float, zero_point: int, bits: int) -> Tuple[float, int]:
     """uint8 per-tensor ``(scale, zero_point)`` containing the ``bits``-bit activation grid ``(scale, zero_point)``."""
     if bits > 8:

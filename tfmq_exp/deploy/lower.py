@@ -13,6 +13,12 @@ ran as float ``bmm`` on the dequantized weights (a profile of the CIFAR-10 UNet 
 Linears in float). A forward pre-hook on the copy's quantized Linears makes their input contiguous (a copy, no
 numeric change), so every quantized layer reaches an int8 kernel (``tests/deploy/test_lower.py`` counts them).
 
+Zero points: each layer's input zero point is folded into its bias before export
+(:mod:`tfmq_exp.deploy.zero_point_fold`, exact up to float rounding ties), so the int8 kernels run with zero
+input zero points; on CPUs without VNNI oneDNN otherwise applies them at run time (the AVX2 profile in
+``experiments/results/deploy/README.md``). The weights are snapped onto the int8 grid the kernel uses first
+(:func:`~tfmq_exp.deploy.int8_grid.int8_grid_weight`), so the bias correction sums the weights it multiplies.
+
 What runs quantized: exactly the Conv2d / Linear layers named in ``qparams`` (input uint8 per tensor, weight
 int8 per output channel). Everything else stays float32: layers without parameters (e.g. ``fp_patterns``),
 norms, attention's ``softmax(QK^T)V`` (SDPA), residual adds. The quantizer's other default annotations
@@ -42,7 +48,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     get_default_x86_inductor_quantization_config,
 )
 
-from tfmq_exp.deploy.int8_grid import act_observer, default_weight_code_max, weight_observer
+from tfmq_exp.deploy.int8_grid import act_observer, default_weight_code_max, int8_grid_weight, weight_observer
 from tfmq_exp.deploy.qparams import QUANTIZABLE_TYPES, LayerQParams, fake_quantize_weight
 from tfmq_exp.deploy.temporal import (
     FeatureInputUNet,
@@ -50,6 +56,7 @@ from tfmq_exp.deploy.temporal import (
     as_float_timesteps,
     tib_layout,
 )
+from tfmq_exp.deploy.zero_point_fold import conv_input_sizes, fold_input_zero_points, insert_border_maps
 from tfmq_exp.temporal.features import TemporalFeatureSet
 
 ANNOTATION_KEY = "quantization_annotation"
@@ -212,6 +219,7 @@ def lower_to_int8(
     compile: bool = True,
     cache: Optional[TemporalFeatureSet] = None,
     weight_code_max: Optional[int] = None,
+    fold_zero_points: bool = True,
 ) -> LoweredUNet:
     """Lower ``unet`` to int8 with the given parameters.
 
@@ -224,17 +232,19 @@ def lower_to_int8(
         cache: temporal-feature cache for cache-based maintenance (the TIB is removed from the graph).
         weight_code_max: int8 weight codes lie in ``[-(M + 1), M]``; default 127 on CPUs with VNNI / AMX and
             63 without (see :mod:`tfmq_exp.deploy.int8_grid`).
+        fold_zero_points: fold each layer input's zero point into the layer's bias with explicit padding
+            (:mod:`tfmq_exp.deploy.zero_point_fold`; exact, and faster on CPUs without VNNI); ``False`` hands
+            the asymmetric parameters to the int8 kernels as they are.
 
     Returns:
         A :class:`LoweredUNet`; with ``compile=True`` it is compiled already (by one call on ``example_inputs``).
     """
     model = copy.deepcopy(unet).eval().float()
     layers = _layers_to_lower(model, qparams, cache)
+    code_max = weight_code_max or default_weight_code_max()
     for name, params in layers.items():
         module = model.get_submodule(name)
-        module.weight.copy_(fake_quantize_weight(module.weight, params))
-        if isinstance(module, nn.Linear):  # the qlinear fusion needs a contiguous input (module docstring)
-            module.register_forward_pre_hook(_contiguous_input)
+        module.weight.copy_(int8_grid_weight(fake_quantize_weight(module.weight, params), params, code_max))
     sample, timestep = example_inputs
     timesteps = as_float_timesteps(timestep, sample.shape[0])
     if cache is None:
@@ -243,11 +253,20 @@ def lower_to_int8(
     else:
         wrapper = FeatureInputUNet(model)
         inputs = (sample, cache.rows(timesteps))
+    border_maps: Dict[str, torch.Tensor] = {}
+    if fold_zero_points:
+        sizes = conv_input_sizes(model, layers, lambda: wrapper.eval()(*inputs))
+        layers, border_maps = fold_input_zero_points(model, layers, sizes)
+    for name in layers:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Linear):  # the qlinear fusion needs a contiguous input (module docstring)
+            module.register_forward_pre_hook(_contiguous_input)
     exported = torch.export.export(wrapper.eval(), inputs).module()
     exported.graph.eliminate_dead_code(is_impure_node=_is_impure)  # the bypassed TIB, when cached
     exported.recompile()
+    insert_border_maps(exported, border_maps, layer_name_of)
     prepared = prepare_pt2e(exported, _LayerInputQuantizer(set(layers)))
-    _install_known_qparams(prepared, layers, weight_code_max or default_weight_code_max())
+    _install_known_qparams(prepared, layers, code_max)
     converted = convert_pt2e(prepared)
     runner: Callable = torch.compile(converted) if compile else converted
     lowered = LoweredUNet(converted, runner, compile, cache, sorted(layers))
