@@ -93,6 +93,31 @@ def test_runtime_int8_matches_the_fake_quant_model(calibrated, exported: Path, i
     assert sqnr_db(runner(*inputs), _fake_quant(unet_q, inputs)) >= 30.0
 
 
+def _activation_zero_points(model: onnx.ModelProto) -> list:
+    """The zero points of the QuantizeLinear nodes of activations (not folded weights)."""
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return [int(constants[node.input[2]]) for node in model.graph.node if node.op_type == "QuantizeLinear"]
+
+
+def test_folded_zero_points_compute_what_the_calibrated_ones_do(calibrated, exported: Path, inputs: Inputs,
+                                                                tmp_path: Path) -> None:
+    """The default export folds each layer input's zero point (shift, bias, border map): its QDQ pairs have zero
+    point 0 and it gives the numbers of the export with the calibrated zero points, on both runtimes."""
+    _, unet_q, float_unet, qparams = calibrated
+    kept = export_onnx(float_unet, tmp_path / "kept.onnx", inputs, qparams,
+                       weight_code_max=INT8_CODE_MAX_WITHOUT_VNNI, fold_zero_points=False)
+    assert set(_activation_zero_points(onnx.load(str(exported)))) == {0}
+    assert len(set(_activation_zero_points(onnx.load(str(kept))))) > 1
+    reference = _fake_quant(unet_q, inputs)
+    for runner in (lambda path: ort_runner(path, threads=1), lambda path: openvino_runner(path, 1, inputs)):
+        folded, calibrated_zero_points = runner(exported)(*inputs), runner(kept)(*inputs)
+        assert sqnr_db(folded, calibrated_zero_points) >= 35.0  # rounding ties only (test_zero_point_fold.py)
+        assert sqnr_db(folded, reference) >= 30.0
+
+
 def test_float_export_matches_pytorch(calibrated, inputs: Inputs, tmp_path: Path) -> None:
     unet_fp = calibrated[0]
     path = export_onnx(unet_fp, tmp_path / "fp32.onnx", inputs)

@@ -214,7 +214,9 @@ def export_grouped_onnx(
     groups = timestep_groups(qparams)
     paths = [directory / f"group_{index}.onnx" for index in range(len(groups))]
     first = qparams_at(qparams, groups[0][0])
-    export_onnx(unet, paths[0], example_inputs, first, weight_code_max)
+    # Unfolded zero points: the groups' graphs differ only in their activation QDQ parameters, which set_act_qdq
+    # rewrites; a folded graph would carry them in shifts, biases and border maps too.
+    export_onnx(unet, paths[0], example_inputs, first, weight_code_max, fold_zero_points=False)
     template = onnx.load(str(paths[0]))
     parametrize_act_qdq(template, first)
     models = [template]
@@ -223,7 +225,7 @@ def export_grouped_onnx(
         model.CopyFrom(template)
         if not set_act_qdq(model, act_slots(model, sorted(first)), qparams_at(qparams, group[0])):
             model = onnx.load(str(export_onnx(unet, path, example_inputs, qparams_at(qparams, group[0]),
-                                              weight_code_max)))
+                                              weight_code_max, fold_zero_points=False)))
         models.append(model)
     weights = directory / WEIGHTS_FILE
     shared = _share_weights(models, weights)
