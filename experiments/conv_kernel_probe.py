@@ -7,14 +7,16 @@ uint8 activation grid (scale, zero point):
 
 - ``float``: Conv on float weights.
 - ``qdq_input`` (our export's form): Q -> DQ on the input, DQ on the int8 weights, float Conv.
+- ``qdq_input_folded``: the same layer with the input zero point folded (:mod:`tfmq_exp.deploy.zero_point_fold`,
+  the default export): Sub ``z s``, Q -> DQ with zero point 0, Conv with bias ``b - z s sum(W)``, Add the border map.
 - ``conv_integer``: Q, ``ConvInteger`` (int32 accumulation, padding with the zero point), Cast, per-channel Mul,
   Add bias: the exact integer form of ``qdq_input`` that ONNX Runtime accepts without an output quantizer.
 - ``qlinear_conv``: ``QLinearConv`` with the output requantized to uint8 on its min / max range (ONNX Runtime's
   own form; not our numerics: its error against ``qdq_input`` is printed).
 
-Each graph runs on ONNX Runtime (CPU provider) and, for ``float`` / ``qdq_input``, on OpenVINO (CPU plugin); median
-of ``--repeats`` calls after one warm-up, one thread, and the largest absolute difference from ONNX Runtime's
-``qdq_input`` output.
+Each graph runs on ONNX Runtime (CPU provider) and, for the first three, on OpenVINO (CPU plugin); median
+of ``--repeats`` rounds (each round calls every runner once, in turn) after one warm-up call, one thread, and the
+largest absolute difference from ONNX Runtime's ``qdq_input`` output.
 
 Usage: ``python experiments/conv_kernel_probe.py [--channels 256] [--size 16] [--batch 8] [--repeats 15]``
 """
@@ -30,9 +32,11 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from tfmq_exp.deploy.int8_grid import default_weight_code_max
+from tfmq_exp.deploy.zero_point_fold import border_map
 
 OPSET = 21
 
@@ -52,12 +56,26 @@ def _graphs(
               const("b", bias)]
     quantize = helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["x_q"])
     pads = [1, 1, 1, 1]
+    shift = float(act_zero_point) * float(act_scale)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+    conv.weight.data = torch.from_numpy(codes.astype(np.float32) * weight_scale[:, None, None, None])
+    border = border_map(conv, (size, size), shift).numpy()
+    folded_bias = bias - shift * conv.weight.data.sum(dim=(1, 2, 3)).numpy()
     nodes = {
         "float": ([helper.make_node("Conv", ["x", "w_f", "b"], ["y"], pads=pads)],
                   [const("w_f", codes.astype(np.float32) * weight_scale[:, None, None, None]), const("b", bias)]),
         "qdq_input": ([quantize, helper.make_node("DequantizeLinear", ["x_q", "s_x", "z_x"], ["x_d"]),
                        helper.make_node("DequantizeLinear", ["w", "s_w"], ["w_d"], axis=0),
                        helper.make_node("Conv", ["x_d", "w_d", "b"], ["y"], pads=pads)], shared),
+        "qdq_input_folded": ([helper.make_node("Sub", ["x", "minus_shift"], ["x_s"]),
+                              helper.make_node("QuantizeLinear", ["x_s", "s_x", "z_0"], ["x_q"]),
+                              helper.make_node("DequantizeLinear", ["x_q", "s_x", "z_0"], ["x_d"]),
+                              helper.make_node("DequantizeLinear", ["w", "s_w"], ["w_d"], axis=0),
+                              helper.make_node("Conv", ["x_d", "w_d", "b_folded"], ["y_0"], pads=pads),
+                              helper.make_node("Add", ["y_0", "border"], ["y"])],
+                             shared + [const("minus_shift", np.float32(-shift)), const("z_0", np.uint8(0)),
+                                       const("b_folded", folded_bias.astype(np.float32)),
+                                       const("border", border.astype(np.float32))]),
         "conv_integer": ([quantize, helper.make_node("ConvInteger", ["x_q", "w", "z_x"], ["acc"], pads=pads),
                           helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT),
                           helper.make_node("Mul", ["acc_f", "rescale"], ["scaled"]),
@@ -84,14 +102,15 @@ def _graphs(
     return models, rng.standard_normal(shape).astype(np.float32)
 
 
-def _median_ms(run: Callable[[], np.ndarray], repeats: int) -> float:
-    run()
-    times: List[float] = []
+def _interleaved_median_ms(runners: Dict[str, Callable[[], np.ndarray]], repeats: int) -> Dict[str, float]:
+    """Median ms per runner; every round times each runner once, in turn (load spreads over all alike)."""
+    times: Dict[str, List[float]] = {name: [] for name in runners}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -120,7 +139,7 @@ def main() -> None:
         runners[f"onnxruntime {name}"] = lambda s=session: s.run(None, {"x": x})[0]
     core = ov.Core()
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("float", "qdq_input"):
+        for name in ("float", "qdq_input", "qdq_input_folded"):
             path = Path(tmp) / f"{name}.onnx"
             onnx.save(models[name], path)
             compiled = core.compile_model(core.read_model(path), "CPU",
@@ -130,9 +149,9 @@ def main() -> None:
         reference = runners["onnxruntime qdq_input"]()
         print(f"one 3x3 convolution: {args.channels} -> {args.channels} channels, {args.size}x{args.size}, batch "
               f"{args.batch}, 1 thread, weight codes within {default_weight_code_max()}")
-        for name, run in runners.items():
-            error = float(np.abs(run() - reference).max())
-            print(f"  {name:26s} {_median_ms(run, args.repeats):8.2f} ms   max |y - y_qdq_input| {error:.3g}")
+        errors = {name: float(np.abs(run() - reference).max()) for name, run in runners.items()}  # also warms up
+        for name, ms in _interleaved_median_ms(runners, args.repeats).items():
+            print(f"  {name:28s} {ms:8.2f} ms   max |y - y_qdq_input| {errors[name]:.3g}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,17 @@ calls. Kernel names say what runs in int8 (``*_I8``) and in float (``*_f32``).
 / ``qlinear``) under ``torch.profiler``: self CPU time per call by operator group (int8 convolutions and linears,
 the float layers, SDPA, inductor's generated kernels) and the top operators.
 
+``--path openvino_zero_points``: our QDQ export twice, with the calibrated zero points in its QDQ pairs and with them
+folded into the layers (the default export), on OpenVINO: each one's SQNR against the fake-quant model and their
+interleaved median latency.
+
 ``--path pt2e_zero_points``: the PT2E graph lowered three times: with the calibrated (asymmetric) activation
 parameters handed to the kernels as they are (``fold_zero_points=False``), with the zero points folded into the
 biases (:mod:`tfmq_exp.deploy.zero_point_fold`, the default, exact), and with every activation zero point set to 0
 (same scales; numerically wrong for negative inputs, a speed bound only): ``qconv_pointwise``'s self CPU time per
 call in each, the graphs' interleaved median latency, and each one's SQNR against the fake-quant model.
 
-Usage: ``python experiments/deploy_profile.py --path openvino|pt2e|pt2e_zero_points [--model cifar10] [--batch 8]
+Usage: ``python experiments/deploy_profile.py --path openvino|openvino_zero_points|pt2e|pt2e_zero_points [--model cifar10] [--batch 8]
 [--threads 1]``
 """
 
@@ -140,7 +144,32 @@ def profile_pt2e_zero_points(unet: torch.nn.Module, calibration: NoiseCalibratio
     print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
 
 
-PATHS = {"openvino": profile_openvino, "pt2e": profile_pt2e, "pt2e_zero_points": profile_pt2e_zero_points}
+def profile_openvino_zero_points(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
+    from tfmq_exp.deploy.onnx_export import export_onnx
+    from tfmq_exp.deploy.runtimes import openvino_runner
+
+    reference = FakeQuantReference(unet, calibration.qparams, attention=calibration.attention)(*batch)
+    runners = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for name, fold in (("zero points in the QDQ pairs", False), ("zero points folded", True)):
+            path = export_onnx(unet, f"{directory}/{fold}.onnx", batch, calibration.qparams,
+                               attention=calibration.attention, fold_zero_points=fold)
+            runners[name] = openvino_runner(path, args.threads, batch)
+            print(f"{name}: SQNR vs fake-quant {sqnr_db(torch.as_tensor(runners[name](*batch)), reference):.2f} dB")
+    times: Dict[str, list] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(*batch)
+            times[name].append(time.perf_counter() - start)
+    print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
+    folded, kept = times["zero points folded"], times["zero points in the QDQ pairs"]
+    print(f"median of per-round ratios folded / in the QDQ pairs: "
+          f"{statistics.median(f / k for f, k in zip(folded, kept)):.3f}")
+
+
+PATHS = {"openvino": profile_openvino, "openvino_zero_points": profile_openvino_zero_points, "pt2e": profile_pt2e,
+         "pt2e_zero_points": profile_pt2e_zero_points}
 
 
 def main() -> None:
@@ -150,15 +179,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=20, help="layers / operators listed")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of pt2e_zero_points")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of the *_zero_points paths")
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1:
         parser.error("--batch and --threads must be >= 1")
-    if args.path == "openvino":
+    if args.path.startswith("openvino"):
         from tfmq_exp.deploy.runtimes import missing_runtimes
 
         if missing_runtimes(("onnx", "openvino")):
-            parser.error(f"--path openvino needs {', '.join(missing_runtimes(('onnx', 'openvino')))} "
+            parser.error(f"--path {args.path} needs {', '.join(missing_runtimes(('onnx', 'openvino')))} "
                          "(pip install 'tfmq-exp[deploy]')")
     torch.set_num_threads(args.threads)
     try:
@@ -166,7 +195,8 @@ def main() -> None:
     except ValueError as error:
         parser.error(str(error))
     # PT2E keeps attention in float: its graphs get the parameters without attention operands.
-    calibration = benchmark_calibration(unet, PUBLISHED_FP_PATTERNS, attention_matmuls=args.path == "openvino")
+    calibration = benchmark_calibration(unet, PUBLISHED_FP_PATTERNS,
+                                        attention_matmuls=args.path.startswith("openvino"))
     sample = torch.randn(args.batch, *sample_shape(unet), generator=torch.Generator().manual_seed(2))
     print(f"{args.model}, batch {args.batch}, {args.threads} thread(s)")
     PATHS[args.path](unet, calibration, (sample, torch.full((args.batch,), 500.0)), args)

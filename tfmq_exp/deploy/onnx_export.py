@@ -25,6 +25,12 @@ file stores the int8 weight codes followed by DequantizeLinear, the QDQ form tha
 TensorRT recognise; the weights' all-zero zero points are dropped (OpenVINO runs a convolution whose weight
 DequantizeLinear carries an explicit zero point in f32).
 
+Zero points: by default each layer's input zero point is folded into the layer before export
+(:mod:`tfmq_exp.deploy.zero_point_fold`): a ``Sub`` shifts the input by ``z s``, the QDQ pair quantizes with zero
+point 0 and the same scale, the bias is corrected, and padded convolutions get a constant border map added to their
+output. The numbers are those of the calibrated zero points up to rounding ties; OpenVINO's u8 convolutions run
+faster with zero point 0 (measured in ``experiments/results/deploy/README.md``).
+
 Runtimes: OpenVINO runs every quantized layer of this graph in int8 (QDQ on layer inputs only is its own
 form). ONNX Runtime fuses a convolution into ``QLinearConv`` only when its output is quantized too
 (DQ -> Conv -> Q); our fake-quant models quantize layer inputs, not outputs, so on ONNX Runtime the

@@ -1,10 +1,13 @@
-"""Folding the input activations' zero points into the layers' biases before PT2E lowering (exact).
+"""Folding the input activations' zero points into the layers before PT2E lowering and QDQ export (exact).
 
 Why: PyTorch's oneDNN int8 convolutions (``onednn::qconv_pointwise``) apply an asymmetric uint8 input's zero
 point at run time on CPUs without VNNI; measured on the CIFAR-10 UNet on an AVX2 EPYC
 (``experiments/results/deploy/avx2/profile_pt2e_zero_points_cifar10_b8.txt``), setting every zero point to 0
-cut the quantized convolutions from 657 to 562 ms and the forward from 1078 to 856 ms. OpenVINO folds the zero
-point into the convolution when it compiles; PT2E + inductor does not, so this module does it in the model.
+cut the quantized convolutions from 657 to 562 ms and the forward from 1078 to 856 ms. OpenVINO's u8
+convolutions, too, run faster with zero point 0 there (one 256-channel 3x3 layer: 17.0 against 19.5 ms,
+``experiments/results/deploy/avx2/conv_kernel_probe.txt``). Used by
+:func:`~tfmq_exp.deploy.lower.lower_to_int8` (border maps inserted into the exported graph,
+:func:`insert_border_maps`) and :func:`~tfmq_exp.deploy.onnx_export.export_onnx` (border maps as forward hooks).
 
 The identity (DESIGN 1.1's grid; ``s, z`` the layer input's uint8 parameters, ``W`` the int8-grid weights the
 kernel multiplies, ``*`` the layer's convolution with its zero padding, ``1`` a tensor of ones shaped like the
@@ -50,6 +53,7 @@ class _Shift:
         return (torch.sub(args[0], -self.shift), *args[1:])
 
 
+@torch.no_grad()
 def border_map(conv: nn.Conv2d, input_size: Tuple[int, int], shift: float) -> torch.Tensor:
     """``z s (sum(W) - W * 1)`` of shape ``[1, C_out, H_out, W_out]`` (float64 arithmetic, float32 result)."""
     weight = conv.weight.double()
