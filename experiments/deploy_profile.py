@@ -37,7 +37,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tfmq_exp.config.schema import PUBLISHED_FP_PATTERNS
-from tfmq_exp.deploy.bench_setup import benchmark_calibration, build_benchmark_unet, sample_shape
+from tfmq_exp.deploy.bench_setup import benchmark_calibration, build_benchmark_unet, interleaved_times, sample_shape
 from tfmq_exp.deploy.from_artifact import sqnr_db
 from tfmq_exp.deploy.lower import lower_to_int8
 from tfmq_exp.deploy.noise_calibration import NoiseCalibration
@@ -135,12 +135,7 @@ def profile_pt2e_zero_points(unet: torch.nn.Module, calibration: NoiseCalibratio
         qconv = sum(ms for op, (ms, _) in _self_cpu_ms(lambda g=graph: g(*batch)).items() if "qconv" in op)
         print(f"{name}: qconv_pointwise {qconv:.1f} ms per call, SQNR vs fake-quant "
               f"{sqnr_db(graph(*batch), reference):.1f} dB")
-    times: Dict[str, list] = {name: [] for name in graphs}
-    for _ in range(args.rounds):
-        for name, graph in graphs.items():
-            start = time.perf_counter()
-            graph(*batch)
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times({name: (lambda g=graph: g(*batch)) for name, graph in graphs.items()}, args.rounds, 0)
     print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
 
 
@@ -156,12 +151,7 @@ def profile_openvino_zero_points(unet: torch.nn.Module, calibration: NoiseCalibr
                                attention=calibration.attention, fold_zero_points=fold)
             runners[name] = openvino_runner(path, args.threads, batch)
             print(f"{name}: SQNR vs fake-quant {sqnr_db(torch.as_tensor(runners[name](*batch)), reference):.2f} dB")
-    times: Dict[str, list] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run(*batch)
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times({name: (lambda r=run: r(*batch)) for name, run in runners.items()}, args.rounds)
     print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
     folded, kept = times["zero points folded"], times["zero points in the QDQ pairs"]
     print(f"median of per-round ratios folded / in the QDQ pairs: "
