@@ -26,15 +26,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from tfmq_exp.deploy.bench_setup import interleaved_times
 from tfmq_exp.deploy.int8_grid import default_weight_code_max
 from tfmq_exp.deploy.zero_point_fold import border_map
 
@@ -102,17 +102,6 @@ def _graphs(
     return models, rng.standard_normal(shape).astype(np.float32)
 
 
-def _interleaved_median_ms(runners: Dict[str, Callable[[], np.ndarray]], repeats: int) -> Dict[str, float]:
-    """Median ms per runner; every round times each runner once, in turn (load spreads over all alike)."""
-    times: Dict[str, List[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=256)
@@ -150,8 +139,8 @@ def main() -> None:
         print(f"one 3x3 convolution: {args.channels} -> {args.channels} channels, {args.size}x{args.size}, batch "
               f"{args.batch}, 1 thread, weight codes within {default_weight_code_max()}")
         errors = {name: float(np.abs(run() - reference).max()) for name, run in runners.items()}  # also warms up
-        for name, ms in _interleaved_median_ms(runners, args.repeats).items():
-            print(f"  {name:28s} {ms:8.2f} ms   max |y - y_qdq_input| {errors[name]:.3g}")
+        for name, seconds in interleaved_times(runners, args.repeats, warmup=0).items():
+            print(f"  {name:28s} {1e3 * statistics.median(seconds):8.2f} ms   max |y - y_qdq_input| {errors[name]:.3g}")
 
 
 if __name__ == "__main__":

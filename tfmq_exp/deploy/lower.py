@@ -232,9 +232,10 @@ def lower_to_int8(
         cache: temporal-feature cache for cache-based maintenance (the TIB is removed from the graph).
         weight_code_max: int8 weight codes lie in ``[-(M + 1), M]``; default 127 on CPUs with VNNI / AMX and
             63 without (see :mod:`tfmq_exp.deploy.int8_grid`).
-        fold_zero_points: fold each layer input's zero point into the layer's bias with explicit padding
-            (:mod:`tfmq_exp.deploy.zero_point_fold`; exact, and faster on CPUs without VNNI); ``False`` hands
-            the asymmetric parameters to the int8 kernels as they are.
+        fold_zero_points: fold each layer input's zero point into the layer (a shift of its input, a corrected
+            bias and, for padded convolutions, a border map added to the output; :mod:`tfmq_exp.deploy.
+            zero_point_fold`; exact up to rounding ties, and faster on CPUs without VNNI); ``False`` hands the
+            asymmetric parameters to the int8 kernels as they are.
 
     Returns:
         A :class:`LoweredUNet`; with ``compile=True`` it is compiled already (by one call on ``example_inputs``).

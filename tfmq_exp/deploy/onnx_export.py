@@ -248,7 +248,8 @@ def export_onnx(
             attention_inputs`); ``None`` keeps every attention in float (fused SDPA).
         fold_zero_points: fold the layers' input zero points (:func:`qdq_layers`; exact up to rounding ties):
             every layer's activation QDQ pair then has zero point 0, which OpenVINO's u8 convolutions run faster
-            (CIFAR-10 UNet, AVX2, batch 8: 862 against 978 ms). ``False`` for graphs whose activation parameters
+            (CIFAR-10 UNet, AVX2, batch 8: 874 against 908 ms,
+            ``experiments/results/deploy/avx2/profile_openvino_zero_points_cifar10_b8.txt``). ``False`` for graphs whose activation parameters
             are rewritten afterwards (:mod:`tfmq_exp.deploy.grouped_onnx`), or to keep the calibrated zero points.
 
     Returns:
