@@ -13,13 +13,17 @@ the float layers, SDPA, inductor's generated kernels) and the top operators.
 folded into the layers (the default export), on OpenVINO: each one's SQNR against the fake-quant model and their
 interleaved median latency.
 
+``--path openvino_attention_layout``: our QDQ export twice, with the spatial self-attentions' projections as
+``Linear`` on tokens and as 1x1 convolutions on the channel-first map (the default export,
+:mod:`tfmq_exp.deploy.channel_first_attention`), on OpenVINO: SQNR against fake-quant and interleaved median latency.
+
 ``--path pt2e_zero_points``: the PT2E graph lowered three times: with the calibrated (asymmetric) activation
 parameters handed to the kernels as they are (``fold_zero_points=False``), with the zero points folded into the
 biases (:mod:`tfmq_exp.deploy.zero_point_fold`, the default, exact), and with every activation zero point set to 0
 (same scales; numerically wrong for negative inputs, a speed bound only): ``qconv_pointwise``'s self CPU time per
 call in each, the graphs' interleaved median latency, and each one's SQNR against the fake-quant model.
 
-Usage: ``python experiments/deploy_profile.py --path openvino|openvino_zero_points|pt2e|pt2e_zero_points [--model cifar10] [--batch 8]
+Usage: ``python experiments/deploy_profile.py --path openvino|openvino_zero_points|openvino_attention_layout|pt2e|pt2e_zero_points [--model cifar10] [--batch 8]
 [--threads 1]``
 """
 
@@ -139,26 +143,44 @@ def profile_pt2e_zero_points(unet: torch.nn.Module, calibration: NoiseCalibratio
     print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
 
 
-def profile_openvino_zero_points(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
+def _openvino_pair(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args,
+                   exports: Dict[str, dict]) -> None:
+    """Two QDQ exports (``export_onnx`` keyword arguments each) on OpenVINO: SQNR against fake-quant, interleaved
+    median latency, and the median of the per-round ratios second / first."""
     from tfmq_exp.deploy.onnx_export import export_onnx
     from tfmq_exp.deploy.runtimes import openvino_runner
 
     reference = FakeQuantReference(unet, calibration.qparams, attention=calibration.attention)(*batch)
     runners = {}
     with tempfile.TemporaryDirectory() as directory:
-        for name, fold in (("zero points in the QDQ pairs", False), ("zero points folded", True)):
-            path = export_onnx(unet, f"{directory}/{fold}.onnx", batch, calibration.qparams,
-                               attention=calibration.attention, fold_zero_points=fold)
+        for index, (name, options) in enumerate(exports.items()):
+            path = export_onnx(unet, f"{directory}/{index}.onnx", batch, calibration.qparams,
+                               attention=calibration.attention, **options)
             runners[name] = openvino_runner(path, args.threads, batch)
             print(f"{name}: SQNR vs fake-quant {sqnr_db(torch.as_tensor(runners[name](*batch)), reference):.2f} dB")
     times = interleaved_times({name: (lambda r=run: r(*batch)) for name, run in runners.items()}, args.rounds)
     print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
-    folded, kept = times["zero points folded"], times["zero points in the QDQ pairs"]
-    print(f"median of per-round ratios folded / in the QDQ pairs: "
-          f"{statistics.median(f / k for f, k in zip(folded, kept)):.3f}")
+    first, second = times.values()
+    names = list(times)
+    print(f"median of per-round ratios {names[1]} / {names[0]}: "
+          f"{statistics.median(b / a for a, b in zip(first, second)):.3f}")
 
 
-PATHS = {"openvino": profile_openvino, "openvino_zero_points": profile_openvino_zero_points, "pt2e": profile_pt2e,
+def profile_openvino_zero_points(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
+    _openvino_pair(unet, calibration, batch, args, {
+        "zero points in the QDQ pairs": {"fold_zero_points": False},
+        "zero points folded": {"fold_zero_points": True}})
+
+
+def profile_openvino_attention_layout(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch,
+                                      args) -> None:
+    _openvino_pair(unet, calibration, batch, args, {
+        "attention on tokens (Linear projections)": {"channel_first_attention": False},
+        "attention channel-first (1x1 conv projections)": {"channel_first_attention": True}})
+
+
+PATHS = {"openvino": profile_openvino, "openvino_zero_points": profile_openvino_zero_points,
+         "openvino_attention_layout": profile_openvino_attention_layout, "pt2e": profile_pt2e,
          "pt2e_zero_points": profile_pt2e_zero_points}
 
 
@@ -169,7 +191,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=20, help="layers / operators listed")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of the *_zero_points paths")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of the paths that compare graphs")
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1:
         parser.error("--batch and --threads must be >= 1")

@@ -118,6 +118,30 @@ def test_folded_zero_points_compute_what_the_calibrated_ones_do(calibrated, expo
         assert sqnr_db(folded, reference) >= 30.0
 
 
+def _projection_ops(model: onnx.ModelProto) -> set:
+    """``(projection, op type)`` of the attention projections' layer nodes (node names ``/unet/<module>/<Op>``)."""
+    return {(onnx_layer_module(node.name).rsplit(".", 1)[-1], node.op_type) for node in model.graph.node
+            if node.op_type in ("Conv", "MatMul", "Gemm") and "attentions" in node.name
+            and onnx_layer_module(node.name).endswith(("to_q", "to_k", "to_v", "to_out.0"))}
+
+
+def test_spatial_attention_projections_export_as_1x1_convolutions(calibrated, exported: Path, inputs: Inputs,
+                                                                  tmp_path: Path) -> None:
+    """The default export computes the digits UNet's attention projections as 1x1 convolutions on the map
+    (:mod:`tfmq_exp.deploy.channel_first_attention`), with the token export's numbers on both runtimes."""
+    _, unet_q, float_unet, qparams = calibrated
+    tokens = export_onnx(float_unet, tmp_path / "tokens.onnx", inputs, qparams,
+                         weight_code_max=INT8_CODE_MAX_WITHOUT_VNNI, channel_first_attention=False)
+    assert {op for _, op in _projection_ops(onnx.load(str(exported)))} == {"Conv"}
+    assert {op for _, op in _projection_ops(onnx.load(str(tokens)))} == {"MatMul"}
+    assert len(_weight_codes(onnx.load(str(exported)))) == len(_weight_codes(onnx.load(str(tokens))))
+    reference = _fake_quant(unet_q, inputs)
+    for runner in (lambda path: ort_runner(path, threads=1), lambda path: openvino_runner(path, 1, inputs)):
+        channel_first, token = runner(exported)(*inputs), runner(tokens)(*inputs)
+        assert sqnr_db(channel_first, token) >= 35.0  # summation order and rounding ties only
+        assert sqnr_db(channel_first, reference) >= 30.0
+
+
 def test_float_export_matches_pytorch(calibrated, inputs: Inputs, tmp_path: Path) -> None:
     unet_fp = calibrated[0]
     path = export_onnx(unet_fp, tmp_path / "fp32.onnx", inputs)

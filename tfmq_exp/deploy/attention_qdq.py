@@ -11,11 +11,12 @@ int8), and the plain-torch reference (:mod:`tfmq_exp.deploy.reference`) computes
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Collection, Dict
 
 import torch
 from torch import nn
 
+from tfmq_exp.deploy.channel_first_attention import ChannelFirstAttnProcessor
 from tfmq_exp.deploy.from_quantized import ATTENTION_OPERANDS, OperandQParams
 from tfmq_exp.deploy.int8_grid import uint8_act_params
 from tfmq_exp.quant.attention import ATTN_QUANTIZER_NAMES, QuantAttnProcessor
@@ -35,7 +36,9 @@ class ActQDQ(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, *UINT8_RANGE)
 
 
-def qdq_attention(model: nn.Module, attention: Dict[str, Dict[str, OperandQParams]]) -> None:
+def qdq_attention(
+    model: nn.Module, attention: Dict[str, Dict[str, OperandQParams]], channel_first: Collection[str] = ()
+) -> None:
     """Give each listed attention module (in place) the core's explicit-matmul processor with torch QDQ ops on its
     operands.
 
@@ -47,9 +50,15 @@ def qdq_attention(model: nn.Module, attention: Dict[str, Dict[str, OperandQParam
         model: a float UNet (modified).
         attention: attention module name -> operand -> ``(scale, zero_point, bits)``
             (:func:`~tfmq_exp.deploy.from_quantized.attention_inputs`).
+        channel_first: attentions whose projections are 1x1 convolutions
+            (:func:`~tfmq_exp.deploy.channel_first_attention.to_channel_first`): they get the same computation in
+            channel-first layout (:class:`~tfmq_exp.deploy.channel_first_attention.ChannelFirstAttnProcessor`),
+            with float operands where ``attention`` has none.
     """
-    for name, operands in attention.items():
-        processor = QuantAttnProcessor(AttnQuantSpec(a_bits=None))
+    for name in dict.fromkeys([*attention, *channel_first]):
+        operands = attention.get(name, {})
+        processor_class = ChannelFirstAttnProcessor if name in channel_first else QuantAttnProcessor
+        processor = processor_class(AttnQuantSpec(a_bits=None))
         for operand, attribute in zip(ATTENTION_OPERANDS, ATTN_QUANTIZER_NAMES):
             setattr(processor, attribute, ActQDQ(operands[operand]) if operand in operands else nn.Identity())
         model.get_submodule(name).set_processor(processor)

@@ -39,6 +39,7 @@ WEIGHTS_FILE = "weights.bin"
 MIN_SHARED_BYTES = 64  # scalars and tiny tensors stay inside each graph
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 SCOPE_PREFIX = "/unet/"  # SampleTimestepUNet.unet: node names are /unet/<module path>/<Op>
+PROCESSOR_SCOPE = "processor"  # diffusers' Attention.processor, when the processor is a module
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -78,7 +79,10 @@ class ActSlot:
 def _layer_of(node: onnx.NodeProto) -> Optional[str]:
     if node.op_type not in LAYER_OPS or not node.name.startswith(SCOPE_PREFIX):
         return None
-    return ".".join(node.name[len(SCOPE_PREFIX):].split("/")[:-1])
+    # Scopes follow the call stack: an attention's projections called by its processor module (the export's
+    # channel-first processor) are named /unet/<attention>/processor/<projection>/<Op>.
+    scopes = node.name[len(SCOPE_PREFIX):].split("/")[:-1]
+    return ".".join(scope for scope in scopes if scope != PROCESSOR_SCOPE)
 
 
 def act_slots(model: onnx.ModelProto, layer_names: List[str]) -> List[ActSlot]:

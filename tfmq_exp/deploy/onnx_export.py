@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from tfmq_exp.deploy.attention_qdq import UINT8_RANGE, qdq_attention
+from tfmq_exp.deploy.channel_first_attention import spatial_self_attentions, to_channel_first
 from tfmq_exp.deploy.from_quantized import OperandQParams
 from tfmq_exp.deploy.int8_grid import (
     INT8_CODE_MAX,
@@ -123,6 +124,7 @@ def qdq_layers(
     unet: nn.Module, qparams: Dict[str, LayerQParams], weight_code_max: int,
     attention: Optional[Dict[str, Dict[str, OperandQParams]]] = None,
     fold_sizes: Optional[Mapping[str, Tuple[int, int]]] = None,
+    channel_first: Sequence[str] = (),
 ) -> nn.Module:  # fmt: skip
     """A copy of ``unet`` whose quantized layers fake-quantize their input (uint8) and weight (int8) with torch ops,
     and whose attention matmuls (``attention``, :func:`~tfmq_exp.deploy.from_quantized.attention_inputs`) their
@@ -131,7 +133,9 @@ def qdq_layers(
     ``fold_sizes`` (each quantized convolution's input ``(H, W)``, :func:`~tfmq_exp.deploy.zero_point_fold.
     conv_input_sizes`) folds the input zero points into the layers (:mod:`tfmq_exp.deploy.zero_point_fold`: a
     shift before the QDQ pair, which then has zero point 0, a corrected bias, the border map added to the output);
-    ``None`` keeps the calibrated zero points in the QDQ pairs.
+    ``None`` keeps the calibrated zero points in the QDQ pairs. ``channel_first`` (spatial self-attentions,
+    :func:`~tfmq_exp.deploy.channel_first_attention.spatial_self_attentions`) get their projections as 1x1
+    convolutions on the channel-first map (:mod:`tfmq_exp.deploy.channel_first_attention`).
 
     Raises:
         NotImplementedError: a layer has per-timestep (FSC) activation parameters (one static graph, one scale).
@@ -145,6 +149,8 @@ def qdq_layers(
         module = model.get_submodule(name)
         # on our grid (AdaRound codes kept), then on the int8 grid the runtime multiplies (unchanged when exact)
         module.weight.copy_(int8_grid_weight(fake_quantize_weight(module.weight, params), params, weight_code_max))
+    for name in channel_first:  # before the fold and the QDQ hooks, which then attach to the 1x1 convolutions
+        to_channel_first(model.get_submodule(name))
     if fold_sizes is not None:
         qparams, border_maps = fold_input_zero_points(model, qparams, fold_sizes)
         for name, border_map in border_maps.items():
@@ -155,7 +161,7 @@ def qdq_layers(
         parametrize.register_parametrization(module, "weight", _WeightQDQ(scale))
         act_scale, act_zero_point = uint8_act_params(params.act_scale, params.act_zero_point, params.a_bits)
         module.register_forward_pre_hook(_input_qdq_hook(act_scale, act_zero_point))
-    qdq_attention(model, attention or {})  # :mod:`tfmq_exp.deploy.attention_qdq`
+    qdq_attention(model, attention or {}, channel_first)  # :mod:`tfmq_exp.deploy.attention_qdq`
     return model
 
 
@@ -233,6 +239,7 @@ def export_onnx(
     cache: Optional[TemporalFeatureSet] = None,
     attention: Optional[Dict[str, Dict[str, OperandQParams]]] = None,
     fold_zero_points: bool = True,
+    channel_first_attention: bool = True,
 ) -> Path:
     """Export ``unet`` to ONNX, float (``qparams=None``) or QDQ int8 with our parameters; dynamic batch axis.
 
@@ -251,6 +258,9 @@ def export_onnx(
             (CIFAR-10 UNet, AVX2, batch 8: 874 against 908 ms,
             ``experiments/results/deploy/avx2/profile_openvino_zero_points_cifar10_b8.txt``). ``False`` for graphs whose activation parameters
             are rewritten afterwards (:mod:`tfmq_exp.deploy.grouped_onnx`), or to keep the calibrated zero points.
+        channel_first_attention: export spatial self-attentions with 1x1-convolution projections on the
+            channel-first map (:mod:`tfmq_exp.deploy.channel_first_attention`; the same numbers up to float
+            summation order), which OpenVINO runs with its int8 convolution kernel instead of its generic int8 GEMM.
 
     Returns:
         ``path``. Inputs ``sample`` ``[B, C, H, W]`` float32 and ``timesteps`` ``[B]`` float32 (with ``cache``:
@@ -262,10 +272,13 @@ def export_onnx(
         qparams = {name: params for name, params in qparams.items() if name not in removed}
     sample, timestep = example_inputs
     timesteps = as_float_timesteps(timestep, sample.shape[0])
-    fold_sizes = None
+    fold_sizes, channel_first = None, []
+    forward = lambda: SampleTimestepUNet(unet).eval()(sample, timesteps)  # noqa: E731
     if qparams and fold_zero_points:
-        fold_sizes = conv_input_sizes(unet, qparams, lambda: SampleTimestepUNet(unet).eval()(sample, timesteps))
-    model = (qdq_layers(unet, qparams, code_max, attention, fold_sizes) if qparams
+        fold_sizes = conv_input_sizes(unet, qparams, forward)
+    if qparams and channel_first_attention:
+        channel_first = spatial_self_attentions(unet, forward)
+    model = (qdq_layers(unet, qparams, code_max, attention, fold_sizes, channel_first) if qparams
              else copy.deepcopy(unet).eval().float())
     input_names = list(INPUT_NAMES)
     if cache is None:
