@@ -7,8 +7,12 @@ processors transpose it to ``[B, HW, C]`` tokens for the ``Linear`` projections 
 projections took 74 ms, about 3.4 ms for 134 M multiply-adds each, while its u8 convolution kernel
 (``jit_avx2_I8``) reaches about twice that rate (``experiments/results/deploy/avx2/profile_openvino_cifar10_b8.txt``).
 A ``Linear`` on tokens is a 1x1 convolution on the map, so the exported copy computes each projection as a
-``Conv2d`` with the same weights and keeps the map channel-first; only q, v and the output of ``probs v`` are
-transposed (``[B, h, d, HW] <-> [B, h, HW, d]``) and k enters ``q k^T`` untransposed.
+``Conv2d`` with the same weights and keeps the map channel-first: k enters ``q k^T`` as ``[B, h, d, HW]`` (that is
+``k^T``), the second product is computed transposed, ``(probs v)^T = v^T probs^T``, so v and the output stay
+``[B, h, d, HW]`` and the output feeds ``to_out.0`` without a transpose; only q is transposed, before its quantizer
+(on the digits UNet OpenVINO then keeps the attention matmuls in u8, as on the token form; with q's transpose inside the
+product it ran them in f32). Measured there: 1x1 projections 1.6-1.7 ms each against 3.4 ms, the whole UNet
+784 -> 752 ms, paired 0.952 (``experiments/deploy_profile.py --path openvino_attention_layout``).
 
 Numerics: the same products as :class:`~tfmq_exp.quant.attention.QuantAttnProcessor` (the fake-quant model's
 processor) in another layout: the per-tensor operand quantizers, the per-output-channel weight grid and the
