@@ -15,7 +15,8 @@ interleaved median latency.
 
 ``--path openvino_attention_layout``: our QDQ export twice, with the spatial self-attentions' projections as
 ``Linear`` on tokens and as 1x1 convolutions on the channel-first map (the default export,
-:mod:`tfmq_exp.deploy.channel_first_attention`), on OpenVINO: SQNR against fake-quant and interleaved median latency.
+:mod:`tfmq_exp.deploy.channel_first_attention`), on OpenVINO: SQNR against fake-quant and interleaved median latency;
+then the float export in both layouts (the FP32 references keep the token form).
 
 ``--path pt2e_zero_points``: the PT2E graph lowered three times: with the calibrated (asymmetric) activation
 parameters handed to the kernels as they are (``fold_zero_points=False``), with the zero points folded into the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import dataclasses
 import statistics
 import tempfile
@@ -172,11 +174,38 @@ def profile_openvino_zero_points(unet: torch.nn.Module, calibration: NoiseCalibr
         "zero points folded": {"fold_zero_points": True}})
 
 
+def _channel_first_float(unet: torch.nn.Module, batch: Batch) -> torch.nn.Module:
+    """A float copy of ``unet`` whose spatial self-attentions run channel-first with float operands."""
+    from tfmq_exp.deploy.attention_qdq import qdq_attention
+    from tfmq_exp.deploy.channel_first_attention import spatial_self_attentions, to_channel_first
+    from tfmq_exp.deploy.temporal import SampleTimestepUNet
+
+    model = copy.deepcopy(unet).eval()
+    names = spatial_self_attentions(model, lambda: SampleTimestepUNet(model)(*batch))
+    for name in names:
+        to_channel_first(model.get_submodule(name))
+    qdq_attention(model, {}, names)
+    return model
+
+
 def profile_openvino_attention_layout(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch,
                                       args) -> None:
+    from tfmq_exp.deploy.onnx_export import export_onnx
+    from tfmq_exp.deploy.runtimes import openvino_runner
+
     _openvino_pair(unet, calibration, batch, args, {
         "attention on tokens (Linear projections)": {"channel_first_attention": False},
         "attention channel-first (1x1 conv projections)": {"channel_first_attention": True}})
+    # The FP32 references keep diffusers' token attention: is the layout worth anything to them?
+    with tempfile.TemporaryDirectory() as directory:
+        runners = {
+            f"FP32 {name}": openvino_runner(export_onnx(model, f"{directory}/{name}.onnx", batch), args.threads, batch)
+            for name, model in (("tokens", unet), ("channel-first", _channel_first_float(unet, batch)))}
+    times = interleaved_times({name: (lambda r=run: r(*batch)) for name, run in runners.items()}, args.rounds)
+    print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
+    first, second = times.values()
+    print(f"median of per-round ratios FP32 channel-first / tokens: "
+          f"{statistics.median(b / a for a, b in zip(first, second)):.3f}")
 
 
 PATHS = {"openvino": profile_openvino, "openvino_zero_points": profile_openvino_zero_points,
