@@ -31,6 +31,10 @@ point 0 and the same scale, the bias is corrected, and padded convolutions get a
 output. The numbers are those of the calibrated zero points up to rounding ties; OpenVINO's u8 convolutions run
 faster with zero point 0 (measured in ``experiments/results/deploy/README.md``).
 
+Attention: by default spatial self-attentions (UNet2DModel's attention blocks) are exported channel-first, their
+projections as 1x1 convolutions (:mod:`tfmq_exp.deploy.channel_first_attention`), which OpenVINO runs with its int8
+convolution kernel instead of its generic int8 GEMM; transformer attentions keep the token form.
+
 Runtimes: OpenVINO runs every quantized layer of this graph in int8 (QDQ on layer inputs only is its own
 form). ONNX Runtime fuses a convolution into ``QLinearConv`` only when its output is quantized too
 (DQ -> Conv -> Q); our fake-quant models quantize layer inputs, not outputs, so on ONNX Runtime the
