@@ -13,6 +13,7 @@ from tests.deploy.helpers import digits_unet, sqnr_db
 from tfmq_exp.deploy.attention_qdq import ActQDQ
 from tfmq_exp.deploy.channel_first_attention import (
     ChannelFirstAttnProcessor,
+    _supported,
     spatial_self_attentions,
     to_channel_first,
 )
@@ -91,3 +92,31 @@ def test_spatial_self_attentions_are_unet2d_blocks_not_transformer_attentions() 
             conditional, lambda: conditional(torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.randn(1, 5, 32)))
     assert found == []
     assert any(isinstance(module, Attention) for module in conditional.modules())
+
+
+@pytest.mark.parametrize("options", [
+    {"added_kv_proj_dim": 8},  # added key / value projections (no add_q_proj attribute without context_pre_only)
+    {"added_kv_proj_dim": 8, "only_cross_attention": True},
+    {"spatial_norm_dim": 4, "query_dim": 32},  # VAE decoders' spatial norm (its group norm has 32 groups)
+    {"qk_norm": "layer_norm"},
+    {"pre_only": True},  # no to_out
+])  # fmt: skip
+def test_unsupported_attentions_keep_the_token_form(options: dict) -> None:
+    """Attentions the channel-first processor would not compute alike are refused, and their mere presence does not
+    break the search (diffusers leaves some attributes undefined in these configurations)."""
+    kwargs = {"query_dim": 16, "norm_num_groups": 4, **options}
+    attention = Attention(heads=2, dim_head=8, residual_connection=True, bias=True, _from_deprecated_attn_block=True,
+                          **kwargs).eval()
+    assert _supported(_unet2d_attention(heads=2)) and not _supported(attention)
+    model = torch.nn.ModuleDict({"attention": attention})
+    assert spatial_self_attentions(model, lambda: None) == []
+
+
+def test_attentions_also_called_on_tokens_keep_the_token_form() -> None:
+    """One attention module called once on a map and once on tokens stays in the token form."""
+    model = torch.nn.ModuleDict({"attention": _unet2d_attention(heads=1)})
+    map_call = lambda: model["attention"](torch.randn(1, 16, 2, 2))  # noqa: E731
+    assert spatial_self_attentions(model, map_call) == ["attention"]
+    with torch.no_grad():
+        both = spatial_self_attentions(model, lambda: (map_call(), model["attention"](torch.randn(1, 4, 16))))
+    assert both == []

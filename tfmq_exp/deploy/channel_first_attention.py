@@ -39,37 +39,42 @@ PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def _supported(attn: Attention) -> bool:
-    """Whether the channel-first processor computes what ``attn``'s own processors compute."""
+    """Whether the channel-first processor computes what ``attn``'s own processors compute (``getattr``: diffusers
+    sets some of these attributes only in some configurations, e.g. ``add_q_proj`` with ``added_kv_proj_dim``)."""
+    if any(getattr(attn, name, None) is not None
+           for name in ("spatial_norm", "norm_q", "norm_k", "added_kv_proj_dim")):  # fmt: skip
+        return False
+    to_out = getattr(attn, "to_out", None)  # ``None`` for ``pre_only`` attentions
+    projections = [getattr(attn, name, None) for name in ("to_q", "to_k", "to_v")]
     return (
-        attn.spatial_norm is None
-        and attn.norm_q is None
-        and attn.norm_k is None
-        and attn.add_q_proj is None
-        and not attn.only_cross_attention
-        and all(isinstance(attn.get_submodule(name), nn.Linear) for name in PROJECTIONS)
+        not getattr(attn, "only_cross_attention", False)
+        and isinstance(to_out, nn.ModuleList)
+        and len(to_out) == 2  # projection, dropout
+        and all(isinstance(module, nn.Linear) for module in [*projections, to_out[0]])
     )
 
 
 @torch.no_grad()
 def spatial_self_attentions(model: nn.Module, run: Callable[[], object]) -> List[str]:
-    """Names of the supported attention modules that ``run`` (a forward of ``model``) calls with a 4-D
+    """Names of the supported attention modules that ``run`` (a forward of ``model``) calls, every time, with a 4-D
     ``hidden_states`` and neither ``encoder_hidden_states`` nor a mask, in module order."""
     seen: set = set()
+    other: set = set()  # called at least once in another way: keeps the token form
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, Attention) and _supported(module):
             def record(_module: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
                 hidden = args[0] if args else kwargs.get("hidden_states")
                 others = list(args[1:3]) + [kwargs.get("encoder_hidden_states"), kwargs.get("attention_mask")]
-                if hidden is not None and hidden.ndim == 4 and all(value is None for value in others):
-                    seen.add(name)
+                spatial = hidden is not None and hidden.ndim == 4 and all(value is None for value in others)
+                (seen if spatial else other).add(name)
             handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
     try:
         run()
     finally:
         for handle in handles:
             handle.remove()
-    return [name for name, _ in model.named_modules() if name in seen]
+    return [name for name, _ in model.named_modules() if name in seen - other]
 
 
 def pointwise_conv(linear: nn.Linear) -> nn.Conv2d:
@@ -122,11 +127,16 @@ class ChannelFirstAttnProcessor(QuantAttnProcessor):
         heads = attn.heads
         head_dim = key.shape[1] // heads
         query_t, key_t, value_t = (x.reshape(batch_size, heads, head_dim, -1) for x in (query, key, value))
+        dtype = query_t.dtype
         query = self.query_quantizer(query_t.transpose(-1, -2))  # [B, h, L, d]
         key_t, value_t = self.key_quantizer(key_t), self.value_quantizer(value_t)  # [B, h, d, L]
+        if attn.upcast_attention:
+            query, key_t = query.float(), key_t.float()
         scores = torch.matmul(query, key_t) * attn.scale  # [B, h, L, L]: q k^T
-        probs = self.softmax_quantizer(scores.softmax(dim=-1))
-        hidden_states = torch.matmul(value_t, probs.transpose(-1, -2))  # [B, h, d, L]: (probs v)^T
+        if attn.upcast_softmax:
+            scores = scores.float()
+        probs = self.softmax_quantizer(scores.softmax(dim=-1)).to(value_t.dtype)
+        hidden_states = torch.matmul(value_t, probs.transpose(-1, -2)).to(dtype)  # [B, h, d, L]: (probs v)^T
         hidden_states = hidden_states.reshape(batch_size, heads * head_dim, height, width)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))  # 1x1 projection, dropout
         if attn.residual_connection:

@@ -80,9 +80,11 @@ def _layer_of(node: onnx.NodeProto) -> Optional[str]:
     if node.op_type not in LAYER_OPS or not node.name.startswith(SCOPE_PREFIX):
         return None
     # Scopes follow the call stack: an attention's projections called by its processor module (the export's
-    # channel-first processor) are named /unet/<attention>/processor/<projection>/<Op>.
+    # channel-first processor) are named /unet/<attention>/processor/<projection>/<Op>; only such an interior
+    # processor scope is dropped.
     scopes = node.name[len(SCOPE_PREFIX):].split("/")[:-1]
-    return ".".join(scope for scope in scopes if scope != PROCESSOR_SCOPE)
+    return ".".join(scope for i, scope in enumerate(scopes)
+                    if not (scope == PROCESSOR_SCOPE and 0 < i < len(scopes) - 1))
 
 
 def act_slots(model: onnx.ModelProto, layer_names: List[str]) -> List[ActSlot]:
