@@ -276,12 +276,16 @@ def export_onnx(
         qparams = {name: params for name, params in qparams.items() if name not in removed}
     sample, timestep = example_inputs
     timesteps = as_float_timesteps(timestep, sample.shape[0])
-    fold_sizes, channel_first = None, []
-    forward = lambda: SampleTimestepUNet(unet).eval()(sample, timesteps)  # noqa: E731
+    fold_sizes: Optional[Dict[str, Tuple[int, int]]] = None
+    channel_first: Sequence[str] = []
+    run = forward = lambda: SampleTimestepUNet(unet).eval()(sample, timesteps)  # noqa: E731
     if qparams and fold_zero_points:
-        fold_sizes = conv_input_sizes(unet, qparams, forward)
+        fold_sizes = {}
+        run = lambda: fold_sizes.update(conv_input_sizes(unet, qparams, forward))  # noqa: E731
     if qparams and channel_first_attention:
-        channel_first = spatial_self_attentions(unet, forward)
+        channel_first = spatial_self_attentions(unet, run)  # one forward records both
+    elif fold_sizes is not None:
+        run()
     model = (qdq_layers(unet, qparams, code_max, attention, fold_sizes, channel_first) if qparams
              else copy.deepcopy(unet).eval().float())
     input_names = list(INPUT_NAMES)
