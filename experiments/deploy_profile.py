@@ -18,14 +18,22 @@ interleaved median latency.
 :mod:`tfmq_exp.deploy.channel_first_attention`), on OpenVINO: SQNR against fake-quant and interleaved median latency;
 then the float export in both layouts (the FP32 references keep the token form).
 
+``--path openvino_group_norm``: our QDQ export with GroupNorm as torch exports it (OpenVINO: reorders to the planar
+layout, MVN, reorders back) and computed from per-channel statistics (:class:`ChannelStatisticsGroupNorm`, two
+variance formulas; no reorders), on OpenVINO: SQNR against fake-quant and interleaved latency. A probe of a layout
+idea, not an export option.
+
+``--path denormals``: flush-to-zero on both sides of the eager line: our export on OpenVINO with and without
+``CPU_DENORMALS_OPTIMIZATION`` and PyTorch FP32 eager with and without ``torch.set_flush_denormal``, interleaved.
+
 ``--path pt2e_zero_points``: the PT2E graph lowered three times: with the calibrated (asymmetric) activation
 parameters handed to the kernels as they are (``fold_zero_points=False``), with the zero points folded into the
 biases (:mod:`tfmq_exp.deploy.zero_point_fold`, the default, exact), and with every activation zero point set to 0
 (same scales; numerically wrong for negative inputs, a speed bound only): ``qconv_pointwise``'s self CPU time per
 call in each, the graphs' interleaved median latency, and each one's SQNR against the fake-quant model.
 
-Usage: ``python experiments/deploy_profile.py --path openvino|openvino_zero_points|openvino_attention_layout|pt2e|pt2e_zero_points [--model cifar10] [--batch 8]
-[--threads 1]``
+Usage: ``python experiments/deploy_profile.py --path NAME [--model cifar10] [--batch 8] [--threads 1] [--rounds 5]``
+(``NAME``: one of the paths above; ``--help`` lists them).
 """
 
 from __future__ import annotations
@@ -145,27 +153,38 @@ def profile_pt2e_zero_points(unet: torch.nn.Module, calibration: NoiseCalibratio
     print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
 
 
-def _openvino_pair(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args,
-                   exports: Dict[str, dict]) -> None:
-    """Two QDQ exports (``export_onnx`` keyword arguments each) on OpenVINO: SQNR against fake-quant, interleaved
-    median latency, and the median of the per-round ratios second / first."""
+def _openvino_compare(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args,
+                      exports: Dict[str, Tuple[torch.nn.Module, dict]]) -> None:
+    """QDQ exports of (model, ``export_onnx`` keyword arguments) on OpenVINO: each one's SQNR against ``unet``'s
+    fake-quant model, interleaved median latency, and the median of the per-round ratios of each to the first."""
     from tfmq_exp.deploy.onnx_export import export_onnx
     from tfmq_exp.deploy.runtimes import openvino_runner
 
     reference = FakeQuantReference(unet, calibration.qparams, attention=calibration.attention)(*batch)
     runners = {}
     with tempfile.TemporaryDirectory() as directory:
-        for index, (name, options) in enumerate(exports.items()):
-            path = export_onnx(unet, f"{directory}/{index}.onnx", batch, calibration.qparams,
+        for index, (name, (model, options)) in enumerate(exports.items()):
+            path = export_onnx(model, f"{directory}/{index}.onnx", batch, calibration.qparams,
                                attention=calibration.attention, **options)
             runners[name] = openvino_runner(path, args.threads, batch)
             print(f"{name}: SQNR vs fake-quant {sqnr_db(torch.as_tensor(runners[name](*batch)), reference):.2f} dB")
-    times = interleaved_times({name: (lambda r=run: r(*batch)) for name, run in runners.items()}, args.rounds)
+    _print_interleaved(interleaved_times({name: (lambda r=run: r(*batch)) for name, run in runners.items()},
+                                         args.rounds))
+
+
+def _print_interleaved(times: Dict[str, list]) -> None:
+    """Median per forward of each entry, and the median of the per-round ratios of each to the first."""
     print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
-    first, second = times.values()
-    names = list(times)
-    print(f"median of per-round ratios {names[1]} / {names[0]}: "
-          f"{statistics.median(b / a for a, b in zip(first, second)):.3f}")
+    (first_name, first), *others = times.items()
+    for name, values in others:
+        print(f"median of per-round ratios {name} / {first_name}: "
+              f"{statistics.median(b / a for a, b in zip(first, values)):.3f}")
+
+
+def _openvino_pair(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args,
+                   exports: Dict[str, dict]) -> None:
+    """Two QDQ exports of ``unet`` (``export_onnx`` keyword arguments each), as :func:`_openvino_compare`."""
+    _openvino_compare(unet, calibration, batch, args, {name: (unet, options) for name, options in exports.items()})
 
 
 def profile_openvino_zero_points(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
@@ -201,15 +220,115 @@ def profile_openvino_attention_layout(unet: torch.nn.Module, calibration: NoiseC
         runners = {
             f"FP32 {name}": openvino_runner(export_onnx(model, f"{directory}/{name}.onnx", batch), args.threads, batch)
             for name, model in (("tokens", unet), ("channel-first", _channel_first_float(unet, batch)))}
-    times = interleaved_times({name: (lambda r=run: r(*batch)) for name, run in runners.items()}, args.rounds)
-    print("median per forward: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
-    first, second = times.values()
-    print(f"median of per-round ratios FP32 channel-first / tokens: "
-          f"{statistics.median(b / a for a, b in zip(first, second)):.3f}")
+    _print_interleaved(interleaved_times({name: (lambda r=run: r(*batch)) for name, run in runners.items()},
+                                         args.rounds))
+
+
+class ChannelStatisticsGroupNorm(torch.nn.Module):
+    """``nn.GroupNorm`` from per-channel statistics, for the ``openvino_group_norm`` probe (not used by the exports).
+
+    torch exports GroupNorm as ``Reshape [B, G, -1] -> InstanceNormalization -> Reshape``, which OpenVINO runs as an
+    MVN on the planar layout, with reorders from and back to the convolutions' channel-last one. Here the
+    statistics come from reductions over the spatial axes only (per channel, any layout), averaged over each
+    group's channels on the small ``[B, C]`` tensors, and the normalization is one per-channel ``x * a + b`` that
+    OpenVINO can fuse with the SiLU and the next quantizer. ``variance="two_pass"``: ``E[(x - mean)^2]``;
+    ``"one_pass"``: ``E[x^2] - mean^2`` with ``E[x^2]`` from ``ReduceL2`` (no squared tensor written).
+    """
+
+    def __init__(self, norm: torch.nn.GroupNorm, variance: str = "two_pass") -> None:
+        super().__init__()
+        if variance not in ("two_pass", "one_pass"):
+            raise ValueError(f"variance={variance!r}: expected 'two_pass' or 'one_pass'")
+        self.groups, self.eps, self.variance = norm.num_groups, norm.eps, variance
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def _group_mean(self, per_channel: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` -> each channel's group mean, ``[B, C]``."""
+        batch, channels = per_channel.shape
+        grouped = per_channel.reshape(batch, self.groups, channels // self.groups)
+        return grouped.mean(-1, keepdim=True).expand_as(grouped).reshape(batch, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = tuple(range(2, x.dim()))
+        as_map = (*x.shape[:2], *([1] * len(spatial)))
+        mean = self._group_mean(x.mean(spatial)).reshape(as_map)
+        if self.variance == "two_pass":
+            centred = x - mean
+            variance = self._group_mean((centred * centred).mean(spatial)).reshape(as_map)
+        else:
+            count = x[0, 0].numel()
+            mean_square = torch.linalg.vector_norm(x, ord=2, dim=spatial) ** 2 / count
+            variance = self._group_mean(mean_square).reshape(as_map) - mean * mean
+        scale = self.weight.reshape(as_map[1:]) * torch.rsqrt(variance + self.eps)
+        return x * scale + (self.bias.reshape(as_map[1:]) - mean * scale)
+
+
+def _statistics_group_norm(unet: torch.nn.Module, variance: str) -> torch.nn.Module:
+    """A copy of ``unet`` with every ``nn.GroupNorm`` replaced by :class:`ChannelStatisticsGroupNorm`."""
+    model = copy.deepcopy(unet).eval()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, torch.nn.GroupNorm):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, ChannelStatisticsGroupNorm(module, variance))
+    return model
+
+
+def profile_openvino_group_norm(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
+    variants = {variance: _statistics_group_norm(unet, variance) for variance in ("two_pass", "one_pass")}
+    with torch.no_grad():
+        expected = unet(*batch).sample
+        for variance, model in variants.items():
+            print(f"float, GroupNorm from channel statistics ({variance}): SQNR vs nn.GroupNorm "
+                  f"{sqnr_db(model(*batch).sample, expected):.1f} dB")
+    _openvino_compare(unet, calibration, batch, args, {
+        "GroupNorm as exported (MVN)": (unet, {}),
+        **{f"GroupNorm from channel statistics ({variance})": (model, {}) for variance, model in variants.items()}})
+
+
+def profile_denormals(unet: torch.nn.Module, calibration: NoiseCalibration, batch: Batch, args) -> None:
+    """Flush-to-zero on both sides: our export on OpenVINO with and without ``CPU_DENORMALS_OPTIMIZATION``, and
+    PyTorch FP32 eager with and without ``torch.set_flush_denormal``."""
+    import openvino as ov
+
+    from tfmq_exp.deploy.onnx_export import INPUT_NAMES, export_onnx
+    from tfmq_exp.deploy.runtimes import openvino_config
+
+    sample, timesteps = batch
+    feeds = {INPUT_NAMES[0]: sample.numpy(), INPUT_NAMES[1]: timesteps.numpy()}
+    core = ov.Core()
+    calls: Dict[str, Callable[[], object]] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        path = export_onnx(unet, f"{directory}/int8_qdq.onnx", batch, calibration.qparams,
+                           attention=calibration.attention)
+        for name, extra in (("OpenVINO int8", {}), ("OpenVINO int8, denormals flushed",
+                                                    {"CPU_DENORMALS_OPTIMIZATION": True})):
+            model = core.read_model(str(path))
+            model.reshape({name_: list(value.shape) for name_, value in feeds.items()})
+            request = core.compile_model(model, "CPU", {**openvino_config(args.threads), **extra}).create_infer_request()
+            calls[name] = lambda r=request: r.infer(feeds)
+
+    def eager(flush: bool) -> None:
+        torch.set_flush_denormal(flush)
+        try:
+            with torch.inference_mode():
+                unet(*batch)
+        finally:
+            torch.set_flush_denormal(False)
+
+    calls["FP32 eager"] = lambda: eager(False)
+    calls["FP32 eager, denormals flushed"] = lambda: eager(True)
+    times = interleaved_times(calls, args.rounds)
+    _print_interleaved({name: times[name] for name in ("OpenVINO int8", "OpenVINO int8, denormals flushed")})
+    _print_interleaved({name: times[name] for name in ("FP32 eager", "FP32 eager, denormals flushed")})
+    for flushed in (False, True):
+        suffix = ", denormals flushed" if flushed else ""
+        ratios = [a / b for a, b in zip(times["FP32 eager" + suffix], times["OpenVINO int8" + suffix])]
+        print(f"median of per-round ratios FP32 eager / OpenVINO int8{suffix}: {statistics.median(ratios):.3f}")
 
 
 PATHS = {"openvino": profile_openvino, "openvino_zero_points": profile_openvino_zero_points,
-         "openvino_attention_layout": profile_openvino_attention_layout, "pt2e": profile_pt2e,
+         "openvino_attention_layout": profile_openvino_attention_layout,
+         "openvino_group_norm": profile_openvino_group_norm, "denormals": profile_denormals, "pt2e": profile_pt2e,
          "pt2e_zero_points": profile_pt2e_zero_points}
 
 
@@ -224,7 +343,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1:
         parser.error("--batch and --threads must be >= 1")
-    if args.path.startswith("openvino"):
+    if args.path.startswith("openvino") or args.path == "denormals":
         from tfmq_exp.deploy.runtimes import missing_runtimes
 
         if missing_runtimes(("onnx", "openvino")):
@@ -237,7 +356,7 @@ def main() -> None:
         parser.error(str(error))
     # PT2E keeps attention in float: its graphs get the parameters without attention operands.
     calibration = benchmark_calibration(unet, PUBLISHED_FP_PATTERNS,
-                                        attention_matmuls=args.path.startswith("openvino"))
+                                        attention_matmuls=not args.path.startswith("pt2e"))
     sample = torch.randn(args.batch, *sample_shape(unet), generator=torch.Generator().manual_seed(2))
     print(f"{args.model}, batch {args.batch}, {args.threads} thread(s)")
     PATHS[args.path](unet, calibration, (sample, torch.full((args.batch,), 500.0)), args)
