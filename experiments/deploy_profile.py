@@ -304,8 +304,8 @@ def profile_denormals(unet: torch.nn.Module, calibration: NoiseCalibration, batc
                                                     {"CPU_DENORMALS_OPTIMIZATION": True})):
             model = core.read_model(str(path))
             model.reshape({name_: list(value.shape) for name_, value in feeds.items()})
-            request = core.compile_model(model, "CPU", {**openvino_config(args.threads), **extra}).create_infer_request()
-            calls[name] = lambda r=request: r.infer(feeds)
+            compiled = core.compile_model(model, "CPU", {**openvino_config(args.threads), **extra})
+            calls[name] = lambda r=compiled.create_infer_request(): r.infer(feeds)
 
     def eager(flush: bool) -> None:
         torch.set_flush_denormal(flush)

@@ -260,8 +260,9 @@ def export_onnx(
         fold_zero_points: fold the layers' input zero points (:func:`qdq_layers`; exact up to rounding ties):
             every layer's activation QDQ pair then has zero point 0, which OpenVINO's u8 convolutions run faster
             (CIFAR-10 UNet, AVX2, batch 8: 874 against 908 ms,
-            ``experiments/results/deploy/avx2/profile_openvino_zero_points_cifar10_b8.txt``). ``False`` for graphs whose activation parameters
-            are rewritten afterwards (:mod:`tfmq_exp.deploy.grouped_onnx`), or to keep the calibrated zero points.
+            ``experiments/results/deploy/avx2/profile_openvino_zero_points_cifar10_b8.txt``). ``False`` for graphs
+            whose activation parameters are rewritten afterwards (:mod:`tfmq_exp.deploy.grouped_onnx`), or to keep
+            the calibrated zero points.
         channel_first_attention: export spatial self-attentions with 1x1-convolution projections on the
             channel-first map (:mod:`tfmq_exp.deploy.channel_first_attention`; the same numbers up to float
             summation order), which OpenVINO runs with its int8 convolution kernel instead of its generic int8 GEMM.
